@@ -153,20 +153,20 @@ class Detect(nn.Module):
         out = []
         for i in range(self.nl):
             x = self.m[i](xs[i])
-            bs, _, ny, nx = x.shape
-            x = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
+            # Python ints (not traced shape tensors): an export then has constant grids and a
+            # static output shape; only the batch stays dynamic.
+            ny, nx = int(x.shape[2]), int(x.shape[3])
+            x = x.view(-1, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
             stride = float(self.stride[i])
             yv, xv = torch.meshgrid(
-                torch.arange(ny, device=x.device, dtype=x.dtype),
-                torch.arange(nx, device=x.device, dtype=x.dtype),
-                indexing="ij",
+                torch.arange(ny, dtype=x.dtype), torch.arange(nx, dtype=x.dtype), indexing="ij"
             )
-            grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5
+            grid = (torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5).to(x.device)
             anchor_grid = (self.anchors[i] * stride).view(1, self.na, 1, 1, 2)
             xy, wh, conf = x.split((2, 2, self.nc + 1), 4)
             xy = (xy * 2 + grid) * stride
             wh = (wh * 2) ** 2 * anchor_grid
-            out.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
+            out.append(torch.cat((xy, wh, conf), 4).view(-1, self.na * nx * ny, self.no))
         return torch.cat(out, 1)
 
 

@@ -27,8 +27,8 @@ class Frame:
     index: 0-based position in the source's frame order.
     pts: presentation time in seconds from the start of the source (``index / fps`` when the
         container gives none).
-    arrival: ``time.monotonic()`` when the decoder handed the frame over; latency is measured
-        from it to the moment a message leaves.
+    arrival: wall-clock ``time.time()`` when the decoder handed the frame over; messages carry
+        it as ``ts`` and latency is measured from it to the moment a message leaves.
     """
 
     stream_id: str

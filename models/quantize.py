@@ -1,0 +1,128 @@
+"""Static INT8 quantization of the exported ONNX (QDQ format, per-channel weights).
+
+Two scopes:
+
+- ``conv``: only ``Conv`` nodes get QuantizeLinear/DequantizeLinear pairs.
+- ``body`` (default): the whole backbone and neck (Conv, SiLU's Sigmoid/Mul, residual Add,
+  Concat, MaxPool, Resize), so activations stay INT8 between layers instead of being
+  dequantized around every SiLU. Measured on the 2-core dev machine (README): ``conv`` is
+  *slower* than FP32 in ONNX Runtime, ``body`` is faster.
+
+In both, the head's decode (sigmoid, grid, anchor multiply, concat) stays float: one INT8 scale
+shared by box pixels (0..S) and probabilities (0..1) would crush the scores (ENVIRONMENT.md §6).
+Weights: symmetric INT8 per output channel; activations: asymmetric UINT8 per tensor,
+calibrated by min-max (default), entropy or percentile over letterboxed frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from models.export import INPUT_NAME
+from models.manifest import atomic_write_bytes
+from pipeline.types import VigilError
+
+SCOPES = {
+    "conv": frozenset({"Conv"}),
+    "body": frozenset({"Conv", "Mul", "Sigmoid", "Add", "Concat", "MaxPool", "Resize"}),
+}
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+class _BatchReader(CalibrationDataReader):
+    """Feeds ``(B, 3, S, S) float32`` batches to the calibrator, one batch per call."""
+
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self._it: Iterator[np.ndarray] = iter(batches)
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        if batch is None:
+            return None
+        self.digest.update(np.ascontiguousarray(batch).tobytes())
+        self.count += int(batch.shape[0])
+        return {INPUT_NAME: batch.astype(np.float32, copy=False)}
+
+
+def quantize_int8(
+    fp32_onnx: Path,
+    out_path: Path,
+    batches: Iterable[np.ndarray],
+    method: str = "minmax",
+    scope: str = "body",
+) -> dict[str, object]:
+    """Write the INT8 QDQ model to ``out_path`` (atomically).
+
+    Returns calibration facts for the manifest: method, number of images and the sha256 of the
+    exact calibration tensors (so a rebuilt model can be traced to its data).
+    """
+    if method not in CALIBRATION_METHODS:
+        raise VigilError(
+            f"unknown calibration method {method!r} (choose {', '.join(CALIBRATION_METHODS)})"
+        )
+    if scope not in SCOPES:
+        raise VigilError(f"unknown quantization scope {scope!r} (choose {', '.join(SCOPES)})")
+    ops = SCOPES[scope]
+    reader = _BatchReader(batches)
+    with tempfile.TemporaryDirectory(prefix="vigil-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        graph = onnx.load(str(pre)).graph
+        head = _head_prefix(graph)
+        exclude = [
+            n.name
+            for n in graph.node
+            if n.op_type not in ops or (n.name.startswith(head) and n.op_type != "Conv")
+        ]
+        staged = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(pre),
+            str(staged),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=exclude,
+            calibrate_method=CALIBRATION_METHODS[method],
+            extra_options={"CalibMaxIntermediateOutputs": 64} if method != "minmax" else {},
+        )
+        if reader.count == 0:
+            raise VigilError("no calibration images were given")
+        atomic_write_bytes(out_path, staged.read_bytes())
+    return {
+        "method": method,
+        "scope": scope,
+        "images": reader.count,
+        "sha256": reader.digest.hexdigest(),
+    }
+
+
+def _head_prefix(graph: onnx.GraphProto) -> str:
+    """Name prefix of the Detect layer's nodes (the last ``/model.<i>/`` in the graph)."""
+    layers = [n.name.split("/")[1] for n in graph.node if n.name.startswith("/model.")]
+    if not layers:
+        raise VigilError("the ONNX graph does not look like a Vigil YOLOv5 export")
+    last = max(int(x.split(".")[1]) for x in layers if x.split(".")[1].isdigit())
+    return f"/model.{last}/"

@@ -1,0 +1,155 @@
+"""The ``vigil`` command line: replay, eval and the model toolchain.
+
+Every user error ends as one line ``vigil: <what is wrong>`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.types import VigilError
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from pipeline.config import load_config
+
+    classes = None
+    if getattr(args, "classes", None):
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    return load_config(
+        args.config,
+        {
+            "model.manifest": getattr(args, "model", None),
+            "model.backend": getattr(args, "backend", None),
+            "model.precision": getattr(args, "precision", None),
+            "model.classes": classes,
+            "batch.max_batch": getattr(args, "batch", None),
+            "tracker.embedder": getattr(args, "embedder", None),
+        },
+    )
+
+
+def _progress(total: int | None, quiet: bool, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc=desc, disable=quiet, dynamic_ncols=True)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.runner import Replay
+    from pipeline.sources import FFmpegSource
+
+    cfg = _config(args)
+    source = FFmpegSource(
+        args.source,
+        stream_id=args.stream_id,
+        max_frames=args.max_frames,
+        folder_fps=cfg.source.folder_fps,
+        rtsp_transport=cfg.source.rtsp_transport,
+        timeout_s=cfg.source.timeout_s,
+    )
+    replay = Replay(source, cfg, args.out)
+    total = source.info.frame_count
+    if args.max_frames and total:
+        total = min(total, args.max_frames)
+    with _progress(total, args.quiet, "replay") as bar:
+        summary = replay.run(bar.update)
+    stages = summary["stages_ms"]
+    split = ", ".join(f"{k} {v['mean_ms']:.1f}" for k, v in stages.items())
+    print(
+        f"{summary['frames_processed']} frames in {summary['wall_s']:.1f} s "
+        f"({summary['fps']:.1f} fps; ms/frame: {split}); "
+        f"model {summary['model']['name']} {summary['model']['version']} "
+        f"{summary['model']['precision']} on {summary['model']['backend']}"
+    )
+    if summary["decode_errors"]:
+        print(f"decoder reported {summary['decode_errors']} errors (decoded past them)")
+    print(f"results: {args.out}/tracks.txt, messages.jsonl, summary.json")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from pipeline.engine import Engine
+    from pipeline.mot_eval import format_table, load_mot, read_sequence, score_sequences
+    from pipeline.mot_eval import trackeval_data as to_data
+    from pipeline.runner import Replay
+    from pipeline.sources import FFmpegSource
+
+    cfg = _config(args)
+    seqs = [read_sequence(p) for p in args.sequences]
+    engine = Engine(cfg)
+    per_seq, replays = {}, {}
+    for seq in seqs:
+        seq_cfg = replace(cfg, source=replace(cfg.source, folder_fps=seq.fps))
+        source = FFmpegSource(str(seq.path / "img1"), stream_id=seq.name, folder_fps=seq.fps)
+        out = args.out / seq.name
+        with _progress(source.info.frame_count, args.quiet, seq.name) as bar:
+            replays[seq.name] = Replay(source, seq_cfg, out, engine=engine).run(bar.update)
+        gt = load_mot(seq.path / "gt" / "gt.txt", keep_zero_conf=False)
+        tr = load_mot(out / "tracks.txt")
+        per_seq[seq.name] = to_data(gt, tr, max(seq.frames, source.frames_decoded), seq.name)
+    table = score_sequences(per_seq)
+    print(format_table(table))
+    result = {
+        "metrics": table,
+        "replay": {s: {"fps": r["fps"], "stages_ms": r["stages_ms"]} for s, r in replays.items()},
+        "model": next(iter(replays.values()))["model"],
+        "tracker": next(iter(replays.values()))["tracker"],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"metrics: {args.out}/metrics.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli_models import add_model_commands
+
+    parser = argparse.ArgumentParser(prog="vigil", description="Vigil video analytics")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, required=True, help="output folder")
+        p.add_argument("--config", type=Path, help="YAML config (see configs/default.yaml)")
+        p.add_argument("--model", help="model manifest (.json) or YOLOv5 ONNX file")
+        p.add_argument("--precision", choices=("int8", "fp32"))
+        p.add_argument("--backend", help="auto, onnxruntime or openvino")
+        p.add_argument("--classes", help="comma-separated class names or ids, or 'all'")
+        p.add_argument("--batch", type=int, help="frames per detector call")
+        p.add_argument("--embedder", help="histogram or mobilenet")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    rp = sub.add_parser("replay", help="replay a video, frame folder or rtsp:// URL")
+    rp.add_argument("source", help="video file, folder of frames, or rtsp:// URL")
+    common(rp)
+    rp.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
+    rp.add_argument("--stream-id", default="replay", help="stream name in messages")
+    rp.set_defaults(func=cmd_replay)
+
+    ev = sub.add_parser("eval", help="replay MOTChallenge sequences and score them")
+    ev.add_argument("sequences", nargs="+", type=Path, help="sequence folders")
+    common(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    add_model_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except VigilError as e:
+        print(f"vigil: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vigil: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

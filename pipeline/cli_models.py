@@ -1,0 +1,180 @@
+"""``vigil models ...``: convert a YOLOv5 checkpoint, export ONNX/INT8, measure mAP."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.types import VigilError
+
+
+def calibration_images(sources: Sequence[str], limit: int) -> list[np.ndarray]:
+    """Up to ``limit`` frames spread evenly over the given videos / frame folders."""
+    from pipeline.sources import FFmpegSource
+
+    if not sources:
+        raise VigilError("INT8 needs calibration frames: pass --calib VIDEO_OR_FOLDER ...")
+    per_source = max(1, limit // len(sources))
+    images: list[np.ndarray] = []
+    for spec in sources:
+        src = FFmpegSource(spec, stream_id="calib")
+        total = src.info.frame_count or per_source * 10
+        step = max(1, total // per_source)
+        kept = [f.image.copy() for f in src.frames() if f.index % step == 0]
+        images.extend(kept[:per_source])
+    if not images:
+        raise VigilError("no calibration frames could be decoded")
+    return images
+
+
+def _batches(images: list[np.ndarray], size: int, batch: int = 8) -> Iterator[np.ndarray]:
+    from pipeline.preprocess import CpuPreprocessor
+
+    pre = CpuPreprocessor(size, batch)
+    for i in range(0, len(images), batch):
+        yield pre(images[i : i + batch])[0]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from models.checkpoint import convert_checkpoint
+    from models.export import save_weights
+
+    net, manifest = convert_checkpoint(args.checkpoint, version=args.version)
+    path = save_weights(net, manifest, args.out)
+    print(f"converted {args.checkpoint.name}: {manifest.name} ({manifest.nc} classes) -> {path}")
+    return 0
+
+
+def export_variants(
+    manifest_path: Path,
+    sizes: Sequence[int],
+    calib: list[np.ndarray] | None,
+    method: str = "minmax",
+    scope: str = "body",
+    out_dir: Path | None = None,
+) -> dict[str, Path]:
+    """Write FP32 (and INT8 when ``calib`` is given) ONNX files per size; update the manifest."""
+    from models.export import export_onnx, load_weights
+    from models.quantize import quantize_int8
+
+    net, manifest = load_weights(manifest_path)
+    out_dir = out_dir or manifest_path.parent
+    written: dict[str, Path] = {}
+    for size in sizes:
+        fp32 = out_dir / f"{manifest.name}-{size}.onnx"
+        export_onnx(net, fp32, size)
+        manifest.add_file(f"onnx-fp32-{size}", fp32, imgsz=size)
+        written[f"fp32-{size}"] = fp32
+        if calib is not None:
+            int8 = out_dir / f"{manifest.name}-{size}-int8.onnx"
+            facts = quantize_int8(fp32, int8, _batches(calib, size), method, scope)
+            manifest.add_file(f"onnx-int8-{size}", int8, imgsz=size, **facts)
+            manifest.calibration = facts
+            written[f"int8-{size}"] = int8
+    manifest.input_size = sizes[0]
+    manifest.save(out_dir / manifest_path.name)
+    return written
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    calib = calibration_images(args.calib, args.calib_frames) if args.int8 else None
+    written = export_variants(args.weights, args.imgsz, calib, args.method, args.scope)
+    for role, path in written.items():
+        print(f"{role}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.detector import create_detector
+    from models.manifest import ModelManifest
+    from pipeline.detection_eval import evaluate_map, find_annotations
+
+    find_annotations(args.data)
+    manifest = ModelManifest.load(args.weights)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vigil-eval-") as tmp:
+        missing = [
+            s
+            for s in args.imgsz
+            for p in args.precision
+            if f"onnx-{p}-{s}" not in manifest.files
+        ]
+        built: dict[str, Path] = {}
+        if missing:
+            calib = calibration_images(args.calib, args.calib_frames) if args.calib else None
+            if "int8" in args.precision and calib is None:
+                raise VigilError("INT8 variants must be built first: pass --calib to build them")
+            tmp_manifest = Path(tmp) / args.weights.name
+            tmp_manifest.write_text(args.weights.read_text())
+            weights = manifest.file_path(args.weights, "weights")
+            (Path(tmp) / weights.name).symlink_to(weights.resolve())
+            built = export_variants(tmp_manifest, sorted(set(missing)), calib, out_dir=Path(tmp))
+        for size in args.imgsz:
+            for prec in args.precision:
+                role = f"onnx-{prec}-{size}"
+                path = (
+                    manifest.file_path(args.weights, role)
+                    if role in manifest.files
+                    else built[f"{prec}-{size}"]
+                )
+                det = create_detector(path, args.backend)
+                r = evaluate_map(det, args.data, limit=args.limit)
+                rows.append((prec, size, det.backend, r.map50_95, r.map50, r.images))
+                print(f"{prec:>5} {size:4d} {det.backend:12s} mAP@.5:.95 {r.map50_95:.4f}  "
+                      f"mAP@.5 {r.map50:.4f}  ({r.images} images)", flush=True)  # fmt: skip
+    return 0
+
+
+def cmd_export_reid(args: argparse.Namespace) -> int:
+    from models.reid import export_mobilenet
+
+    h, _, w = args.crop.partition("x")
+    if not (h.isdigit() and w.isdigit()) or int(h) % 32 or int(w) % 32:
+        raise VigilError(f"--crop must be HxW in multiples of 32, got {args.crop!r}")
+    out = args.out / "mobilenetv2_reid.onnx"
+    export_mobilenet(out, int(h), int(w))
+    print(f"exported MobileNetV2 re-id embedder ({h}x{w} crops) -> {out}")
+    return 0
+
+
+def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from pipeline.config import DEFAULT_MODEL
+
+    models = sub.add_parser("models", help="model toolchain").add_subparsers(
+        dest="models_command", required=True
+    )
+    cv = models.add_parser("convert", help="YOLOv5 .pt -> safetensors + manifest (no pickle code)")
+    cv.add_argument("checkpoint", type=Path)
+    cv.add_argument("--out", type=Path, required=True)
+    cv.add_argument("--version", default="1.0.0", help="semantic version of the model")
+    cv.set_defaults(func=cmd_convert)
+
+    def weights_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--weights", type=Path, default=DEFAULT_MODEL, help="model manifest")
+        p.add_argument("--imgsz", type=int, nargs="+", default=[320])
+        p.add_argument("--calib", nargs="*", default=[], help="videos/folders for INT8")
+        p.add_argument("--calib-frames", type=int, default=128)
+
+    ex = models.add_parser("export", help="ONNX (opset 17, dynamic batch) and INT8 QDQ")
+    weights_arg(ex)
+    ex.add_argument("--int8", action="store_true", help="also write the INT8 model")
+    ex.add_argument("--method", default="minmax", help="minmax, entropy or percentile")
+    ex.add_argument("--scope", default="body", help="body or conv (what INT8 covers)")
+    ex.set_defaults(func=cmd_export)
+
+    ev = models.add_parser("evaluate", help="mAP on a COCO-layout data set")
+    weights_arg(ev)
+    ev.add_argument("--data", type=Path, required=True)
+    ev.add_argument("--precision", nargs="+", default=["fp32", "int8"])
+    ev.add_argument("--backend", default="onnxruntime")
+    ev.add_argument("--limit", type=int, default=None, help="first N images only")
+    ev.set_defaults(func=cmd_evaluate)
+
+    rx = models.add_parser("export-reid", help="export the MobileNetV2 re-id embedder to ONNX")
+    rx.add_argument("--out", type=Path, default=DEFAULT_MODEL.parent)
+    rx.add_argument("--crop", default="128x64", help="crop HxW, multiples of 32")
+    rx.set_defaults(func=cmd_export_reid)

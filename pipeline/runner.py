@@ -1,0 +1,195 @@
+"""Replay: the lossless offline pipeline, three overlapping stages joined by bounded queues.
+
+    decode thread (FFmpeg child + pipe reader)  --q_frames-->  infer thread (Engine, batched)
+        --q_results-->  caller's thread (tracker, encode, sinks, progress)
+
+Every queue blocks when full (the WAIT policy): no frame is ever dropped, and memory is bounded
+by ``batch.queue_frames``. FFmpeg decodes in its own process and ONNX Runtime releases the GIL,
+so decode, inference and tracking run on both cores at once. A failure in any stage stops the
+others and is re-raised in the caller.
+"""
+
+from __future__ import annotations
+
+import queue
+import resource
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import VigilConfig
+from pipeline.engine import Engine
+from pipeline.sinks import ReplaySinks
+from pipeline.sources import FFmpegSource
+from pipeline.stats import StageStats
+from pipeline.types import Frame, FrameResult, VigilError
+from trackers.registry import create_tracker
+
+STAGES = ("decode", "preprocess", "infer", "nms", "embed", "track", "encode")
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def make_tracker(cfg: VigilConfig) -> Any:
+    t = cfg.tracker
+    return create_tracker(
+        t.name,
+        max_age=t.max_age,
+        n_init=t.n_init,
+        max_iou_distance=t.max_iou_distance,
+        max_cosine_distance=t.max_cosine_distance,
+        nn_budget=t.nn_budget,
+        min_confidence=t.min_confidence,
+        report_tentative=t.report_tentative,
+    )
+
+
+class Replay:
+    """One replay of one source into ``out_dir``; ``run()`` returns the summary dict."""
+
+    def __init__(
+        self,
+        source: FFmpegSource,
+        cfg: VigilConfig,
+        out_dir: Path,
+        engine: Engine | None = None,
+        on_frame: Callable[[FrameResult], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.cfg = cfg
+        self.engine = engine or Engine(cfg)
+        self.tracker = make_tracker(cfg)
+        self.sinks = ReplaySinks(out_dir, source.stream_id)
+        self.stats = StageStats(STAGES)
+        self.on_frame = on_frame
+        self._stop = threading.Event()
+        self._q_frames: queue.Queue[Any] = queue.Queue(cfg.batch.queue_frames)
+        self._q_results: queue.Queue[Any] = queue.Queue(cfg.batch.queue_frames)
+
+    def _decode(self) -> None:
+        try:
+            t = time.perf_counter()
+            for frame in self.source.frames():
+                now = time.perf_counter()
+                self.stats.add("decode", (now - t) * 1e3)
+                if not _put(self._q_frames, frame, self._stop):
+                    return
+                t = time.perf_counter()
+            _put(self._q_frames, _END, self._stop)
+        except BaseException as e:
+            _put(self._q_frames, _Failure(e), self._stop)
+
+    def _infer(self) -> None:
+        max_batch = self.cfg.batch.max_batch
+        ended = False
+        try:
+            while not ended and not self._stop.is_set():
+                frames: list[Frame] = []
+                while len(frames) < max_batch:
+                    item = self._q_frames.get()
+                    if item is _END or isinstance(item, _Failure):
+                        ended = True
+                        if isinstance(item, _Failure):
+                            _put(self._q_results, item, self._stop)
+                            return
+                        break
+                    frames.append(item)
+                if frames:
+                    timings: dict[str, float] = {}
+                    dets, embeds = self.engine.process(frames, timings)
+                    for name, ms in timings.items():
+                        self.stats.add(name, ms / len(frames), len(frames))
+                    for item in zip(frames, dets, embeds, strict=True):
+                        if not _put(self._q_results, item, self._stop):
+                            return
+            _put(self._q_results, _END, self._stop)
+        except BaseException as e:
+            _put(self._q_results, _Failure(e), self._stop)
+
+    def run(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        cpu0 = _children_cpu_s()
+        start = time.perf_counter()
+        workers = [
+            threading.Thread(target=self._decode, name="vigil-decode", daemon=True),
+            threading.Thread(target=self._infer, name="vigil-infer", daemon=True),
+        ]
+        for w in workers:
+            w.start()
+        processed = 0
+        try:
+            while True:
+                item = self._q_results.get()
+                if item is _END:
+                    break
+                if isinstance(item, _Failure):
+                    raise item.exc
+                frame, dets, embeds = item
+                t0 = time.perf_counter()
+                tracks = self.tracker.update(dets, embeds, frame.index, frame.pts)
+                t1 = time.perf_counter()
+                self.sinks.write(frame, tracks)
+                t2 = time.perf_counter()
+                self.stats.add("track", (t1 - t0) * 1e3)
+                self.stats.add("encode", (t2 - t1) * 1e3)
+                processed += 1
+                if self.on_frame is not None:
+                    self.on_frame(FrameResult(frame, dets, tracks))
+                if progress is not None:
+                    progress(1)
+        except BaseException:
+            self.sinks.fail()
+            raise
+        finally:
+            self._stop.set()
+            self.source.close()
+            for w in workers:
+                w.join(timeout=5)
+            self.sinks.close()
+        wall = time.perf_counter() - start
+        decoded = self.source.frames_decoded
+        if processed != decoded:
+            raise VigilError(f"replay lost frames: decoded {decoded}, processed {processed}")
+        summary = {
+            "source": self.source.info.uri,
+            "source_kind": self.source.info.kind,
+            "width": self.source.info.width,
+            "height": self.source.info.height,
+            "frames_decoded": decoded,
+            "frames_processed": processed,
+            "decode_errors": self.source.decode_errors,
+            "last_decode_error": self.source.last_error,
+            "wall_s": round(wall, 3),
+            "fps": round(processed / wall, 2) if wall > 0 else 0.0,
+            "stages_ms": self.stats.summary(),
+            "decoder_cpu_ms_per_frame": round(
+                (_children_cpu_s() - cpu0) * 1e3 / max(decoded, 1), 3
+            ),
+            "tracks": self.sinks.unique_tracks,
+            "model": {k: v for k, v in asdict(self.engine.info).items() if k != "class_names"},
+            "tracker": asdict(self.cfg.tracker),
+            "batch": asdict(self.cfg.batch),
+        }
+        self.sinks.write_summary(summary)
+        return summary

@@ -1,0 +1,224 @@
+"""Frame sources: FFmpeg decodes every stream in its own subprocess.
+
+One ``ffmpeg`` child per stream writes raw ``bgr24`` frames to a pipe; a reader (the caller's
+thread) turns each ``H*W*3`` chunk into a :class:`Frame` without copying. A second thread drains
+FFmpeg's log and counts the decode errors it reports (corrupt packets are decoded past, not
+fatal). Measured on the 2-core dev machine (README): 720 frames/s for the 768x432 sample clip and
+360 frames/s for TUD-Stadtmitte's 640x480 JPEGs, in a process of its own that overlaps inference.
+
+Source specs: a video file, a folder of frames (sorted by file name: MOTChallenge ``img1/``), or
+an ``rtsp://`` / ``rtsps://`` URL (TCP transport unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.types import Frame, VigilError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_ERROR_WORDS = re.compile(r"error|corrupt|invalid|concealing|missing", re.IGNORECASE)
+_CREDENTIALS = re.compile(r"(rtsps?://)[^/@\s]+@", re.IGNORECASE)
+
+
+def redact(uri: str) -> str:
+    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``: never log or echo credentials."""
+    return _CREDENTIALS.sub(r"\1***@", uri)
+
+
+def require_ffmpeg() -> None:
+    for tool in ("ffmpeg", "ffprobe"):
+        if shutil.which(tool) is None:
+            raise VigilError(f"{tool} not found on PATH (install FFmpeg: apt-get install ffmpeg)")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What the probe learnt. fps is 0 when unknown; frame_count is None when unknown/live."""
+
+    kind: str  # "video", "folder" or "rtsp"
+    uri: str
+    width: int
+    height: int
+    fps: float
+    frame_count: int | None
+
+
+def _probe(args: list[str], what: str, timeout: float) -> dict[str, object]:
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json"]
+    try:
+        proc = subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise VigilError(f"{what}: no answer within {timeout:.0f} s") from None
+    streams = []
+    if proc.returncode == 0:
+        streams = json.loads(proc.stdout or "{}").get("streams", [])
+    if not streams:
+        msg = (proc.stderr.strip().splitlines() or ["no video stream"])[-1]
+        raise VigilError(f"{what} is not a readable video ({redact(msg)})")
+    return dict(streams[0])
+
+
+def _fps(stream: dict[str, object]) -> float:
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        num, _, den = str(stream.get(key, "0/0")).partition("/")
+        try:
+            value = float(num) / float(den or 1)
+        except (ValueError, ZeroDivisionError):
+            continue
+        if math.isfinite(value) and 0 < value < 1000:
+            return value
+    return 0.0
+
+
+def list_frames(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise VigilError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    return files
+
+
+class FFmpegSource:
+    """A decodable source. ``frames()`` starts the FFmpeg child and yields frames in order.
+
+    stream_id: name used in every Frame; max_frames: stop after this many (0 = no limit);
+    folder_fps: nominal rate of a frame folder (pts = index / fps);
+    rtsp_transport: ``tcp`` or ``udp``; timeout_s: network I/O timeout for RTSP.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        stream_id: str = "0",
+        max_frames: int = 0,
+        folder_fps: float = 25.0,
+        rtsp_transport: str = "tcp",
+        timeout_s: float = 10.0,
+    ) -> None:
+        require_ffmpeg()
+        self.stream_id = stream_id
+        self.max_frames = max_frames
+        self.decode_errors = 0
+        self.last_error = ""
+        self.frames_decoded = 0
+        self._timeout = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if spec.lower().startswith(("rtsp://", "rtsps://")):
+            if rtsp_transport not in ("tcp", "udp"):
+                raise VigilError(f"rtsp transport must be tcp or udp, got {rtsp_transport!r}")
+            net = ["-rtsp_transport", rtsp_transport, "-timeout", str(int(timeout_s * 1e6))]
+            self._input = [*net, "-i", spec]
+            s = _probe([*net, spec], redact(spec), timeout_s + 5)
+            self.info = SourceInfo("rtsp", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None)  # type: ignore[call-overload]
+            return
+        path = Path(spec)
+        if path.is_dir():
+            files = list_frames(path)
+            s = _probe([str(files[0])], str(files[0]), timeout_s)
+            self._tmp = tempfile.TemporaryDirectory(prefix="vigil-frames-")
+            listing = Path(self._tmp.name) / "frames.txt"
+            quoted = (str(f.resolve()).replace("'", "'\\''") for f in files)
+            listing.write_text("".join(f"file '{q}'\n" for q in quoted))
+            self._input = ["-f", "concat", "-safe", "0", "-i", str(listing)]
+            self.info = SourceInfo("folder", str(path), int(s["width"]), int(s["height"]), folder_fps, len(files))  # type: ignore[call-overload]
+            return
+        if not path.exists():
+            raise VigilError(f"source not found: {spec}")
+        if not path.is_file():
+            raise VigilError(f"source is neither a file, a folder nor an rtsp:// URL: {spec}")
+        s = _probe([str(path)], str(path), timeout_s)
+        count = s.get("nb_frames")
+        self._input = ["-i", str(path)]
+        self.info = SourceInfo(
+            "video",
+            str(path),
+            int(s["width"]),  # type: ignore[call-overload]
+            int(s["height"]),  # type: ignore[call-overload]
+            _fps(s),
+            int(count) if str(count or "").isdigit() else None,  # type: ignore[call-overload]
+        )
+
+    def _drain_log(self, stream: object) -> None:
+        for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+            line = raw.decode(errors="replace").strip()
+            if line and _ERROR_WORDS.search(line):
+                self.decode_errors += 1
+                self.last_error = redact(line)
+
+    def frames(self) -> Iterator[Frame]:
+        """Decode and yield frames; raises VigilError if FFmpeg fails before any frame."""
+        w, h = self.info.width, self.info.height
+        size = w * h * 3
+        limit = ["-frames:v", str(self.max_frames)] if self.max_frames > 0 else []
+        cmd = [
+            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+            *self._input, "-an", "-sn", "-dn", *limit,
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-fps_mode", "passthrough", "pipe:1",
+        ]  # fmt: skip
+        self._proc = proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
+        log = threading.Thread(target=self._drain_log, args=(proc.stderr,), daemon=True)
+        log.start()
+        fps = self.info.fps or 25.0
+        assert proc.stdout is not None
+        try:
+            index = 0
+            while True:
+                buf = _read_exact(proc.stdout, size)
+                if buf is None:
+                    break
+                image = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+                yield Frame(self.stream_id, index, index / fps, image, time.time())
+                index += 1
+                self.frames_decoded = index
+        finally:
+            self.close()
+            log.join(timeout=2)
+        if self.frames_decoded == 0 and proc.returncode not in (0, None):
+            raise VigilError(
+                f"{self.info.uri}: FFmpeg decoded no frame ({self.last_error or 'no output'})"
+            )
+
+    def close(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _read_exact(stream: object, size: int) -> bytearray | None:
+    """Read exactly ``size`` bytes into one buffer; None at end of stream (a partial tail too)."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            return None
+        got += n
+    return buf

@@ -1,0 +1,113 @@
+"""DeepSORT through ``deep-sort-realtime``, with appearance embeddings computed outside.
+
+The library gets ``embedder=None``: Vigil computes embeddings for all detections of a batch of
+frames in one call (``models.reid``) and hands each frame its rows. Appearance memory per track
+is capped by ``nn_budget``; deleted tracks leave the library's state, so memory is bounded.
+
+Reported tracks: confirmed tracks matched to a detection in this frame (``time_since_update ==
+0``), with the detection's box. Coasting tracks (kept alive by the Kalman filter alone) stay
+internal: reporting them adds false positives (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from deep_sort_realtime.deep_sort import nn_matching
+from deep_sort_realtime.deep_sort.detection import Detection
+from deep_sort_realtime.deep_sort.tracker import Tracker as _LibTracker
+
+from pipeline.types import Detections, Tracks
+
+
+class DeepSortTracker:
+    """Adapter from Vigil's arrays to deep-sort-realtime's per-detection objects.
+
+    max_age: frames a track survives unmatched; n_init: consecutive hits to confirm;
+    max_iou_distance: IoU gate (1 - IoU) of the IoU stage; max_cosine_distance: appearance
+    gate; nn_budget: appearance samples kept per track; min_confidence: detections below it
+    are ignored by the tracker; report_tentative: also report matched, not yet confirmed tracks.
+    """
+
+    uses_appearance = True
+
+    def __init__(
+        self,
+        max_age: int = 30,
+        n_init: int = 3,
+        max_iou_distance: float = 0.7,
+        max_cosine_distance: float = 0.2,
+        nn_budget: int = 50,
+        min_confidence: float = 0.0,
+        report_tentative: bool = False,
+    ) -> None:
+        self._params = dict(
+            max_age=max_age,
+            n_init=n_init,
+            max_iou_distance=max_iou_distance,
+            max_cosine_distance=max_cosine_distance,
+            nn_budget=nn_budget,
+        )
+        self.min_confidence = min_confidence
+        self.report_tentative = report_tentative
+        self.reset()
+
+    def reset(self) -> None:
+        p = self._params
+        metric = nn_matching.NearestNeighborDistanceMetric(
+            "cosine", float(p["max_cosine_distance"]), int(p["nn_budget"])
+        )
+        self._tracker = _LibTracker(
+            metric,
+            max_iou_distance=float(p["max_iou_distance"]),
+            max_age=int(p["max_age"]),
+            n_init=int(p["n_init"]),
+        )
+
+    @property
+    def live_tracks(self) -> int:
+        return len(self._tracker.tracks)
+
+    def update(
+        self,
+        detections: Detections,
+        embeddings: np.ndarray | None,
+        frame_index: int = 0,
+        pts: float = 0.0,
+    ) -> Tracks:
+        xyxy = detections.xyxy
+        wh = xyxy[:, 2:] - xyxy[:, :2]
+        keep = np.flatnonzero(
+            (wh[:, 0] > 0) & (wh[:, 1] > 0) & (detections.confidence >= self.min_confidence)
+        )
+        if embeddings is None or embeddings.shape[0] != len(detections):
+            # DeepSORT's cascade needs a real appearance per detection: a constant one would make
+            # every assignment inside the motion gate a tie.
+            raise ValueError("DeepSortTracker.update needs one embedding row per detection")
+        ltwh = np.concatenate((xyxy[keep, :2], wh[keep]), axis=1).tolist()
+        conf = detections.confidence[keep].tolist()
+        cls = detections.class_id[keep].tolist()
+        feats = embeddings[keep]
+        dets = [
+            Detection(b, c, f, class_name=k, others=int(i))
+            for b, c, f, k, i in zip(ltwh, conf, feats, cls, keep.tolist(), strict=True)
+        ]
+        self._tracker.predict()
+        self._tracker.update(dets)
+        reported = [
+            t
+            for t in self._tracker.tracks
+            if t.time_since_update == 0 and (t.is_confirmed() or self.report_tentative)
+        ]
+        if not reported:
+            return Tracks.empty(frame_index=frame_index, pts=pts)
+        det_index = np.fromiter((t.others for t in reported), np.int32, len(reported))
+        track_id = np.fromiter((int(t.track_id) for t in reported), np.int64, len(reported))
+        return Tracks(
+            xyxy=xyxy[det_index].astype(np.float32, copy=False),
+            track_id=track_id,
+            class_id=detections.class_id[det_index],
+            confidence=detections.confidence[det_index],
+            det_index=det_index,
+            frame_index=frame_index,
+            pts=pts,
+        )
