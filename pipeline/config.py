@@ -17,6 +17,7 @@ from pipeline.types import VigilError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "zoo" / "yolov5n" / "yolov5n.json"
+DEFAULT_REID = PACKAGE_ROOT / "models" / "zoo" / "reid" / "mobilenetv2_reid.onnx"
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,16 @@ class BatchConfig:
 @dataclass(frozen=True)
 class TrackerConfig:
     name: str = "deepsort"
-    embedder: str = "histogram"  # histogram | mobilenet
+    embedder: str = "mobilenet"  # mobilenet | histogram
+    embedder_model: str = str(DEFAULT_REID)  # ONNX file of the mobilenet embedder
     max_age: int = 30
-    n_init: int = 3
+    n_init: int = 2
     max_iou_distance: float = 0.7
-    max_cosine_distance: float = 0.2
+    max_cosine_distance: float = 0.3
     nn_budget: int = 50
     min_confidence: float = 0.0
-    report_tentative: bool = False
+    init_confidence: float = 0.5
+    report_tentative: bool = True
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,14 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "tracker.max_cosine_distance": (0.0, 2.0),
     "tracker.nn_budget": (1, 10000),
     "tracker.min_confidence": (0.0, 1.0),
+    "tracker.init_confidence": (0.0, 1.0),
     "source.folder_fps": (0.1, 1000.0),
     "source.timeout_s": (0.5, 600.0),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.precision": ("int8", "fp32"),
     "model.backend": ("auto", "onnxruntime", "openvino"),
-    "tracker.embedder": ("histogram", "mobilenet"),
+    "tracker.embedder": ("mobilenet", "histogram"),
     "source.rtsp_transport": ("tcp", "udp"),
 }
 

@@ -92,7 +92,9 @@ class Engine:
         self.pre = CpuPreprocessor(self.detector.input_size, cfg.batch.max_batch)
         self.embedder: Embedder | None = None
         if need_embeddings:
-            self.embedder = create_embedder(cfg.tracker.embedder, path.parent, cfg.model.threads)
+            self.embedder = create_embedder(
+                cfg.tracker.embedder, Path(cfg.tracker.embedder_model), cfg.model.threads
+            )
 
     def process(
         self, frames: Sequence[Frame], timings: dict[str, float] | None = None

@@ -62,6 +62,7 @@ def make_tracker(cfg: VigilConfig) -> Any:
         max_cosine_distance=t.max_cosine_distance,
         nn_budget=t.nn_budget,
         min_confidence=t.min_confidence,
+        init_confidence=t.init_confidence,
         report_tentative=t.report_tentative,
     )
 

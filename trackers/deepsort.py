@@ -19,13 +19,24 @@ from deep_sort_realtime.deep_sort.tracker import Tracker as _LibTracker
 from pipeline.types import Detections, Tracks
 
 
+class _LibTrackerWithInitGate(_LibTracker):  # type: ignore[misc]
+    """The library's tracker, except that only confident detections may start a track."""
+
+    init_confidence = 0.0
+
+    def _initiate_track(self, detection: Detection) -> None:
+        if detection.confidence >= self.init_confidence:
+            super()._initiate_track(detection)
+
+
 class DeepSortTracker:
     """Adapter from Vigil's arrays to deep-sort-realtime's per-detection objects.
 
     max_age: frames a track survives unmatched; n_init: consecutive hits to confirm;
     max_iou_distance: IoU gate (1 - IoU) of the IoU stage; max_cosine_distance: appearance
     gate; nn_budget: appearance samples kept per track; min_confidence: detections below it
-    are ignored by the tracker; report_tentative: also report matched, not yet confirmed tracks.
+    are ignored by the tracker; init_confidence: detections below it may continue a track but
+    never start one; report_tentative: also report matched, not yet confirmed tracks.
     """
 
     uses_appearance = True
@@ -38,6 +49,7 @@ class DeepSortTracker:
         max_cosine_distance: float = 0.2,
         nn_budget: int = 50,
         min_confidence: float = 0.0,
+        init_confidence: float = 0.0,
         report_tentative: bool = False,
     ) -> None:
         self._params = dict(
@@ -48,6 +60,7 @@ class DeepSortTracker:
             nn_budget=nn_budget,
         )
         self.min_confidence = min_confidence
+        self.init_confidence = init_confidence
         self.report_tentative = report_tentative
         self.reset()
 
@@ -56,12 +69,13 @@ class DeepSortTracker:
         metric = nn_matching.NearestNeighborDistanceMetric(
             "cosine", float(p["max_cosine_distance"]), int(p["nn_budget"])
         )
-        self._tracker = _LibTracker(
+        self._tracker = _LibTrackerWithInitGate(
             metric,
             max_iou_distance=float(p["max_iou_distance"]),
             max_age=int(p["max_age"]),
             n_init=int(p["n_init"]),
         )
+        self._tracker.init_confidence = self.init_confidence
 
     @property
     def live_tracks(self) -> int:
