@@ -144,6 +144,15 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> Any:
     return replace(obj, **changes)
 
 
+def resolve_path(value: str) -> Path:
+    """A config path as given if it exists, else relative to the installed package root
+    (so the bundled ``models/zoo/...`` paths work from any working directory)."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    return PACKAGE_ROOT / path
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> VigilConfig:
     """Defaults <- YAML file <- overrides (dotted keys, e.g. ``{"model.backend": "openvino"}``)."""
     cfg = VigilConfig()

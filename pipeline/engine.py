@@ -17,7 +17,7 @@ from models.detector import Detector, create_detector
 from models.manifest import ModelManifest
 from models.postprocess import postprocess
 from models.reid import Embedder, create_embedder
-from pipeline.config import VigilConfig
+from pipeline.config import VigilConfig, resolve_path
 from pipeline.preprocess import CpuPreprocessor, boxes_to_source
 from pipeline.types import Detections, Frame, VigilError
 
@@ -38,7 +38,7 @@ class ModelInfo:
 
 def resolve_model(cfg: VigilConfig) -> tuple[Path, ModelManifest | None]:
     """The ONNX file to run and its manifest (None for a bare ``.onnx``)."""
-    spec = Path(cfg.model.manifest)
+    spec = resolve_path(cfg.model.manifest)
     if spec.suffix == ".onnx":
         if not spec.is_file():
             raise VigilError(f"model file not found: {spec}")
@@ -93,7 +93,7 @@ class Engine:
         self.embedder: Embedder | None = None
         if need_embeddings:
             self.embedder = create_embedder(
-                cfg.tracker.embedder, Path(cfg.tracker.embedder_model), cfg.model.threads
+                cfg.tracker.embedder, resolve_path(cfg.tracker.embedder_model), cfg.model.threads
             )
 
     def process(

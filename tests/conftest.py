@@ -1,0 +1,42 @@
+"""Shared fixtures. Tests that need ../shared/data skip with a clear reason where it is absent."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE_CLIP = REPO / "assets" / "one-by-one-person-detection.mp4"
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test saying what is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (../shared/data is not beside this checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ffmpeg() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        pytest.fail("ffmpeg is not installed: `make install` installs it")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def synthetic_clip(tmp_path_factory: pytest.TempPathFactory, ffmpeg: str) -> Path:
+    """A 2 s, 320x240, 25 fps H.264 clip made with FFmpeg's test source (50 frames)."""
+    path = tmp_path_factory.mktemp("clips") / "testsrc.mp4"
+    subprocess.run(
+        [ffmpeg, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc2=size=320x240:rate=25", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast",
+         "-pix_fmt", "yuv420p", "-g", "10", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path

@@ -1,0 +1,42 @@
+"""Accuracy regression on the MOT dev sequences with the default configuration.
+
+Measured with `vigil eval` on the 2-core dev machine (README): TUD-Stadtmitte MOTA 0.760,
+IDF1 0.766; PETS09-S3MF1 MOTA 0.842, IDF1 0.918. A change that loses more than 0.02 fails.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shared
+
+MEASURED = {
+    "TUD-Stadtmitte": {"MOTA": 0.760, "IDF1": 0.766},
+    "PETS09-S3MF1": {"MOTA": 0.842, "IDF1": 0.918},
+}
+TOLERANCE = 0.02
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
+    seqs = [shared("mot", name) for name in MEASURED]
+    out = tmp_path_factory.mktemp("eval")
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "eval", *map(str, seqs), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "HOTA" in r.stdout and "COMBINED" in r.stdout
+    return json.loads((Path(out) / "metrics.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize("seq", list(MEASURED))
+def test_no_accuracy_regression(metrics: dict[str, dict[str, float]], seq: str) -> None:
+    for key, value in MEASURED[seq].items():
+        assert metrics[seq][key] >= value - TOLERANCE, (seq, key, metrics[seq][key])
+    assert 0 < metrics[seq]["HOTA"] <= 1
