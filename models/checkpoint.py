@@ -63,6 +63,7 @@ class _Record:
     """Inert stand-in for a pickled module object: holds its attribute dict, runs nothing."""
 
     qualname = ""
+    state: dict[str, Any]
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
@@ -163,7 +164,7 @@ def _scale_name(arch: dict[str, Any]) -> str:
 def convert_checkpoint(path: Path, version: str = "1.0.0") -> tuple[YOLOv5, ModelManifest]:
     """Checkpoint -> (float32 eval-mode network with weights loaded, manifest)."""
     ckpt = load_checkpoint_records(path)
-    rec = ckpt.get("ema") if isinstance(ckpt.get("ema"), _Record) else ckpt["model"]
+    rec: _Record = ckpt["ema"] if isinstance(ckpt.get("ema"), _Record) else ckpt["model"]
     arch = _architecture(rec)
     state: dict[str, torch.Tensor] = {}
     _flatten(rec, "", state)

@@ -26,7 +26,7 @@ OUTPUT_NAME = "predictions"
 
 
 def save_weights(net: YOLOv5, manifest: ModelManifest, out_dir: Path) -> Path:
-    """Write ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``; returns the manifest path."""
+    """Write ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``; returns the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / f"{manifest.name}.safetensors"
     tmp = weights.with_name(f".{weights.name}.tmp")
@@ -64,7 +64,7 @@ def export_onnx(net: YOLOv5, path: Path, imgsz: int = 320, opset: int = 17) -> N
         torch.onnx.export(
             fused,
             (dummy,),
-            buf,
+            buf,  # type: ignore[arg-type]
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},

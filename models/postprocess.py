@@ -46,9 +46,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     suppress = np.triu(box_iou(b, b) > iou_threshold, k=1)
     if not suppress.any():
         return order
-    keep = np.ones(b.shape[0], bool)
+    keep: np.ndarray = np.ones(b.shape[0], bool)
     while True:
-        new_keep = ~(suppress & keep[:, None]).any(axis=0)
+        new_keep: np.ndarray = ~(suppress & keep[:, None]).any(axis=0)
         if np.array_equal(new_keep, keep):
             return order[keep]
         keep = new_keep

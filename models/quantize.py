@@ -8,8 +8,10 @@ Two scopes:
   dequantized around every SiLU. Measured on the 2-core dev machine (README): ``conv`` is
   *slower* than FP32 in ONNX Runtime, ``body`` is faster.
 
-In both, the head's decode (sigmoid, grid, anchor multiply, concat) stays float: one INT8 scale
-shared by box pixels (0..S) and probabilities (0..1) would crush the scores (ENVIRONMENT.md §6).
+In both, the whole Detect layer stays float: its three 1x1 output convolutions (box, objectness
+and class logits share one tensor, so one INT8 scale would serve very different ranges) and the
+decode (sigmoid, grid, anchor multiply, concat), where one INT8 scale shared by box pixels
+(0..S) and probabilities (0..1) would crush the scores (ENVIRONMENT.md §6).
 Weights: symmetric INT8 per output channel; activations: asymmetric UINT8 per tensor,
 calibrated by min-max (default), entropy or percentile over letterboxed frames.
 """
@@ -90,11 +92,7 @@ def quantize_int8(
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre)).graph
         head = _head_prefix(graph)
-        exclude = [
-            n.name
-            for n in graph.node
-            if n.op_type not in ops or (n.name.startswith(head) and n.op_type != "Conv")
-        ]
+        exclude = [n.name for n in graph.node if n.op_type not in ops or n.name.startswith(head)]
         staged = Path(tmp) / "int8.onnx"
         quantize_static(
             str(pre),

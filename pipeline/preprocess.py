@@ -68,9 +68,7 @@ class CpuPreprocessor:
         self.size = size
         self._staging = np.full((max_batch, size, size, 3), PAD_VALUE, np.uint8)
 
-    def __call__(
-        self, images: Sequence[np.ndarray]
-    ) -> tuple[np.ndarray, list[LetterboxGeometry]]:
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[LetterboxGeometry]]:
         n = len(images)
         if n > self._staging.shape[0]:
             self._staging = np.full((n, self.size, self.size, 3), PAD_VALUE, np.uint8)

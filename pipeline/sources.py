@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class SourceInfo:
     frame_count: int | None
 
 
-def _probe(args: list[str], what: str, timeout: float) -> dict[str, object]:
+def _probe(args: list[str], what: str, timeout: float) -> dict[str, Any]:
     cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json"]
     try:
         proc = subprocess.run(
@@ -73,7 +74,7 @@ def _probe(args: list[str], what: str, timeout: float) -> dict[str, object]:
     return dict(streams[0])
 
 
-def _fps(stream: dict[str, object]) -> float:
+def _fps(stream: dict[str, Any]) -> float:
     for key in ("avg_frame_rate", "r_frame_rate"):
         num, _, den = str(stream.get(key, "0/0")).partition("/")
         try:
@@ -124,7 +125,9 @@ class FFmpegSource:
             net = ["-rtsp_transport", rtsp_transport, "-timeout", str(int(timeout_s * 1e6))]
             self._input = [*net, "-i", spec]
             s = _probe([*net, spec], redact(spec), timeout_s + 5)
-            self.info = SourceInfo("rtsp", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None)  # type: ignore[call-overload]
+            self.info = SourceInfo(
+                "rtsp", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None
+            )
             return
         path = Path(spec)
         if path.is_dir():
@@ -135,22 +138,24 @@ class FFmpegSource:
             quoted = (str(f.resolve()).replace("'", "'\\''") for f in files)
             listing.write_text("".join(f"file '{q}'\n" for q in quoted))
             self._input = ["-f", "concat", "-safe", "0", "-i", str(listing)]
-            self.info = SourceInfo("folder", str(path), int(s["width"]), int(s["height"]), folder_fps, len(files))  # type: ignore[call-overload]
+            self.info = SourceInfo(
+                "folder", str(path), int(s["width"]), int(s["height"]), folder_fps, len(files)
+            )
             return
         if not path.exists():
             raise VigilError(f"source not found: {spec}")
         if not path.is_file():
             raise VigilError(f"source is neither a file, a folder nor an rtsp:// URL: {spec}")
         s = _probe([str(path)], str(path), timeout_s)
-        count = s.get("nb_frames")
+        count = str(s.get("nb_frames") or "")
         self._input = ["-i", str(path)]
         self.info = SourceInfo(
             "video",
             str(path),
-            int(s["width"]),  # type: ignore[call-overload]
-            int(s["height"]),  # type: ignore[call-overload]
+            int(s["width"]),
+            int(s["height"]),
             _fps(s),
-            int(count) if str(count or "").isdigit() else None,  # type: ignore[call-overload]
+            int(count) if count.isdigit() else None,
         )
 
     def _drain_log(self, stream: object) -> None:

@@ -60,7 +60,11 @@ class Detections:
 
     def __post_init__(self) -> None:
         n = self.xyxy.shape[0]
-        if self.xyxy.shape != (n, 4) or self.confidence.shape != (n,) or self.class_id.shape != (n,):
+        if (
+            self.xyxy.shape != (n, 4)
+            or self.confidence.shape != (n,)
+            or self.class_id.shape != (n,)
+        ):
             raise ValueError(
                 f"Detections shapes disagree: xyxy {self.xyxy.shape}, "
                 f"confidence {self.confidence.shape}, class_id {self.class_id.shape}"

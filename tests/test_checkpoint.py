@@ -34,7 +34,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
 def test_unknown_class_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "custom.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, path)
-    with pytest.raises(VigilError, match="refused to load torch.nn.modules.linear.Linear"):
+    with pytest.raises(VigilError, match=r"refused to load torch\.nn\.modules\.linear\.Linear"):
         convert_checkpoint(path)
 
 

@@ -27,7 +27,14 @@ def test_replay_real_clip(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames_decoded"] == summary["frames_processed"] == 150
-    assert set(summary["stages_ms"]) >= {"decode", "preprocess", "infer", "embed", "track", "encode"}
+    assert set(summary["stages_ms"]) >= {
+        "decode",
+        "preprocess",
+        "infer",
+        "embed",
+        "track",
+        "encode",
+    }
     assert summary["model"]["name"] == "yolov5n" and summary["model"]["precision"] == "int8"
     assert summary["fps"] > 0 and summary["width"] == 768
 
@@ -46,7 +53,8 @@ def test_replay_real_clip(tmp_path: Path) -> None:
 
 def test_replay_all_classes_and_fp32(tmp_path: Path) -> None:
     r = vigil("replay", str(SAMPLE_CLIP), "--out", str(tmp_path), "--max-frames", "16",
-              "--classes", "all", "--precision", "fp32", "--embedder", "histogram", "--quiet")  # fmt: skip
+              "--classes", "all", "--precision", "fp32", "--embedder", "histogram",
+              "--backend", "openvino", "--quiet")  # fmt: skip
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["model"]["precision"] == "fp32" and summary["model"]["backend"] == "openvino"
@@ -59,7 +67,10 @@ def test_replay_all_classes_and_fp32(tmp_path: Path) -> None:
         (["replay", "pyproject.toml"], "is not a readable video"),
         (["replay", str(SAMPLE_CLIP), "--backend", "tpu"], "model.backend: 'tpu' is not one of"),
         (["replay", str(SAMPLE_CLIP), "--model", "pyproject.toml"], "must be a manifest"),
-        (["replay", str(SAMPLE_CLIP), "--model", "configs/default.yaml.onnx"], "model file not found"),
+        (
+            ["replay", str(SAMPLE_CLIP), "--model", "configs/default.yaml.onnx"],
+            "model file not found",
+        ),
         (["replay", str(SAMPLE_CLIP), "--classes", "unicorn"], "unknown class 'unicorn'"),
         (["eval", "/no/such/seq"], "sequence folder not found"),
     ],

@@ -26,7 +26,10 @@ def test_wire_message_v1_schema() -> None:
     assert list(msg) == ["v", "stream", "seq", "frame", "pts", "ts", "tracks"]
     assert msg["v"] == 1 and msg["stream"] == "cam1" and msg["seq"] == 1234
     assert msg["frame"] == 41 and msg["pts"] == 1.64 and msg["ts"] == 1763798400.123
-    assert msg["tracks"] == [[7, 0, 0.912, 10.0, 20.0, 50.0, 80.3], [12, 2, 0.5, 100.0, 0.0, 140.5, 90.0]]
+    assert msg["tracks"] == [
+        [7, 0, 0.912, 10.0, 20.0, 50.0, 80.3],
+        [12, 2, 0.5, 100.0, 0.0, 140.5, 90.0],
+    ]
     assert all(isinstance(v, int) for row in msg["tracks"] for v in row[:2])
 
 

@@ -13,7 +13,10 @@ from pipeline.preprocess import (
 )
 
 
-@pytest.mark.parametrize(("h", "w"), [(480, 640), (432, 768), (576, 768), (1080, 1920), (640, 480), (320, 320), (100, 900)])
+@pytest.mark.parametrize(
+    ("h", "w"),
+    [(480, 640), (432, 768), (576, 768), (1080, 1920), (640, 480), (320, 320), (100, 900)],
+)
 def test_geometry_fits_and_centres(h: int, w: int) -> None:
     g = letterbox_geometry(h, w, 320)
     assert max(g.new_w, g.new_h) == 320

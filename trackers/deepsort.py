@@ -19,7 +19,7 @@ from deep_sort_realtime.deep_sort.tracker import Tracker as _LibTracker
 from pipeline.types import Detections, Tracks
 
 
-class _LibTrackerWithInitGate(_LibTracker):  # type: ignore[misc]
+class _LibTrackerWithInitGate(_LibTracker):
     """The library's tracker, except that only confident detections may start a track."""
 
     init_confidence = 0.0

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from models.export import export_onnx
+from models.quantize import quantize_int8
+from models.yolov5 import YOLOv5
+from pipeline.types import VigilError
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("q") / "tiny.onnx"
+    export_onnx(YOLOv5(nc=3).eval(), path, imgsz=128)
+    return path
+
+
+@pytest.mark.parametrize("scope", ["body", "conv"])
+def test_int8_keeps_the_head_decode_in_float(fp32: Path, tmp_path: Path, scope: str) -> None:
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(0, 1, (2, 3, 128, 128)).astype(np.float32) for _ in range(3)]
+    out = tmp_path / "int8.onnx"
+    facts = quantize_int8(fp32, out, iter(batches), "minmax", scope)
+    assert facts["images"] == 6 and len(str(facts["sha256"])) == 64
+    graph = onnx.load(str(out)).graph
+    quantized_inputs = {i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    head = [n for n in graph.node if n.name.startswith("/model.24/")]
+    assert head, "the Detect layer's nodes are in the graph"
+    # nothing the Detect layer computes is quantized: its output convs and decode stay float
+    head_outputs = {o for n in head for o in n.output}
+    quantize_inputs = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    assert not head_outputs & quantize_inputs
+    assert not any(n.op_type == "DequantizeLinear" for n in head)
+    convs = [n for n in graph.node if n.op_type == "Conv" and n not in head]
+    assert all(any(i in quantized_inputs for i in n.input) for n in convs)
+    if scope == "body":
+        sig = [
+            n for n in graph.node if n.op_type == "Sigmoid" and not n.name.startswith("/model.24/")
+        ]
+        assert any(i in quantized_inputs for n in sig for i in n.input)
+
+    import onnxruntime as ort
+
+    x = batches[0]
+    a = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x}
+    )[0]
+    b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x})[
+        0
+    ]
+    assert a.shape == b.shape
+    assert np.abs(a[..., 4:] - b[..., 4:]).mean() < 0.05
+
+
+def test_bad_arguments(fp32: Path, tmp_path: Path) -> None:
+    with pytest.raises(VigilError, match="unknown calibration method"):
+        quantize_int8(fp32, tmp_path / "x.onnx", iter([]), "median")
+    with pytest.raises(VigilError, match="unknown quantization scope"):
+        quantize_int8(fp32, tmp_path / "x.onnx", iter([]), "minmax", "all")
