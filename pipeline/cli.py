@@ -108,7 +108,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The offline commands (replay, eval, models). ``server.main`` adds ``serve``."""
     from pipeline.cli_models import add_model_commands
 
     parser = argparse.ArgumentParser(prog="vigil", description="Vigil video analytics")
@@ -138,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.set_defaults(func=cmd_eval)
 
     add_model_commands(sub)
+    return parser, sub
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse and dispatch; every VigilError becomes one line and exit status 2."""
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
@@ -149,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser()[0], argv)
 
 
 if __name__ == "__main__":

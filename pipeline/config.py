@@ -7,6 +7,7 @@ names the key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,47 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class LiveConfig:
+    max_batch: int = 8  # frames (one per stream) per detector call in live mode
+    max_wait_ms: float = 15.0  # emit a partial batch once its oldest frame waited this long
+    stall_timeout_s: float = 10.0  # restart a stream that yielded no frame for this long
+    backoff_initial_s: float = 0.5  # first reconnection delay; doubles up to backoff_max_s
+    backoff_max_s: float = 30.0
+    max_streams: int = 64
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    media_root: str = "."  # file and folder streams must resolve inside this folder
+    allow_http: bool = False  # accept http(s):// stream URLs
+    ws_queue: int = 64  # per-client queue of messages; the oldest are dropped beyond it
+    ws_ping_interval_s: float = 20.0  # WebSocket keepalive ping; a peer that misses a pong dies
+    ws_ping_timeout_s: float = 20.0
+    drain_timeout_s: float = 5.0  # shutdown: how long the batch in flight may take
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    keys: tuple[str, ...] = ()  # API keys, plain or "sha256:<hex>"; empty: auth off
+    keys_file: str = ""  # a file with one key (or sha256:<hex>) per line, or KEY=value lines
+    protect_reads: bool = False  # also require a key for GET /api/* (healthz stays open)
+    protect_metrics: bool = False  # require a key for /metrics
+    mutations_per_minute: int = 30  # per key; POST/DELETE beyond it get 429
+    allow_anonymous_remote: bool = False  # serve without keys on a non-loopback host
+
+
+@dataclass(frozen=True)
 class VigilConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    streams: tuple[dict[str, Any], ...] = ()  # validated by pipeline.config.parse_streams
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -84,6 +121,18 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "tracker.init_confidence": (0.0, 1.0),
     "source.folder_fps": (0.1, 1000.0),
     "source.timeout_s": (0.5, 600.0),
+    "live.max_batch": (1, 256),
+    "live.max_wait_ms": (0.0, 1000.0),
+    "live.stall_timeout_s": (0.5, 3600.0),
+    "live.backoff_initial_s": (0.01, 60.0),
+    "live.backoff_max_s": (0.1, 3600.0),
+    "live.max_streams": (1, 1024),
+    "server.port": (0, 65535),
+    "server.ws_queue": (1, 100000),
+    "server.ws_ping_interval_s": (0.0, 3600.0),
+    "server.ws_ping_timeout_s": (0.1, 3600.0),
+    "server.drain_timeout_s": (0.0, 600.0),
+    "auth.mutations_per_minute": (1, 100000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.precision": ("int8", "fp32"),
@@ -98,6 +147,10 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
         if not isinstance(value, bool):
             raise VigilError(f"config {key}: expected true or false, got {value!r}")
         return value
+    if key == "streams":
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise VigilError("config streams: expected a list of mappings (id, url, ...)")
+        return tuple(value)
     if isinstance(default, tuple):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
@@ -171,3 +224,37 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         section, _, name = dotted.partition(".")
         nested.setdefault(section, {})[name] = value
     return _merge(cfg, nested, "") if nested else cfg
+
+
+_STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_STREAM_KEYS = {"id", "url", "fps", "loop", "realtime", "rtsp_transport"}
+
+
+def validate_stream(data: dict[str, Any]) -> dict[str, Any]:
+    """Check one stream entry (config file or REST body); returns it with defaults filled."""
+    unknown = set(data) - _STREAM_KEYS
+    if unknown:
+        raise VigilError(f"stream: unknown key {sorted(unknown)[0]!r}")
+    sid = data.get("id")
+    if not isinstance(sid, str) or not _STREAM_ID.match(sid):
+        raise VigilError(f"stream id must match {_STREAM_ID.pattern}, got {sid!r}")
+    url = data.get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise VigilError(f"stream {sid}: url must be a non-empty string")
+    fps = data.get("fps", 10.0)
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 <= fps <= 240:
+        raise VigilError(f"stream {sid}: fps must be a number in [0, 240], got {fps!r}")
+    for flag in ("loop", "realtime"):
+        if not isinstance(data.get(flag, True), bool):
+            raise VigilError(f"stream {sid}: {flag} must be true or false")
+    transport = data.get("rtsp_transport", "tcp")
+    if transport not in ("tcp", "udp"):
+        raise VigilError(f"stream {sid}: rtsp_transport must be tcp or udp")
+    return {
+        "id": sid,
+        "url": url.strip(),
+        "fps": float(fps),
+        "loop": data.get("loop", True),
+        "realtime": data.get("realtime", True),
+        "rtsp_transport": transport,
+    }

@@ -6,8 +6,10 @@ FFmpeg's log and counts the decode errors it reports (corrupt packets are decode
 fatal). Measured on the 2-core dev machine (README): 720 frames/s for the 768x432 sample clip and
 360 frames/s for TUD-Stadtmitte's 640x480 JPEGs, in a process of its own that overlaps inference.
 
-Source specs: a video file, a folder of frames (sorted by file name: MOTChallenge ``img1/``), or
-an ``rtsp://`` / ``rtsps://`` URL (TCP transport unless told otherwise).
+Source specs: a video file, a folder of frames (sorted by file name: MOTChallenge ``img1/``), an
+``rtsp://`` / ``rtsps://`` URL (TCP transport unless told otherwise), or ``http(s)://`` when the
+caller allows it. FFmpeg always gets an explicit ``-protocol_whitelist`` for the kind of source,
+so a crafted file or playlist cannot make it open anything else.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from pipeline.types import Frame, VigilError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _ERROR_WORDS = re.compile(r"error|corrupt|invalid|concealing|missing", re.IGNORECASE)
-_CREDENTIALS = re.compile(r"(rtsps?://)[^/@\s]+@", re.IGNORECASE)
+_CREDENTIALS = re.compile(r"((?:rtsps?|https?)://)[^/@\s]+@", re.IGNORECASE)
+PROTOCOLS = {
+    "file": "file,pipe",
+    "rtsp": "rtsp,rtsps,rtp,srtp,udp,tcp,tls",
+    "http": "http,https,tcp,tls",
+}
 
 
 def redact(uri: str) -> str:
@@ -98,7 +105,9 @@ class FFmpegSource:
 
     stream_id: name used in every Frame; max_frames: stop after this many (0 = no limit);
     folder_fps: nominal rate of a frame folder (pts = index / fps);
-    rtsp_transport: ``tcp`` or ``udp``; timeout_s: network I/O timeout for RTSP.
+    rtsp_transport: ``tcp`` or ``udp``; timeout_s: network I/O timeout for RTSP;
+    realtime: pace a file at its frame rate (a file played as a live camera);
+    loop: restart a file at its end, forever; allow_http: accept http(s):// URLs.
     """
 
     def __init__(
@@ -109,6 +118,9 @@ class FFmpegSource:
         folder_fps: float = 25.0,
         rtsp_transport: str = "tcp",
         timeout_s: float = 10.0,
+        realtime: bool = False,
+        loop: bool = False,
+        allow_http: bool = False,
     ) -> None:
         require_ffmpeg()
         self.stream_id = stream_id
@@ -118,12 +130,32 @@ class FFmpegSource:
         self.frames_decoded = 0
         self._timeout = timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
+        self._close_lock = threading.Lock()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if spec.lower().startswith(("rtsp://", "rtsps://")):
+        lowered = spec.lower()
+        if lowered.startswith(("http://", "https://")):
+            if not allow_http:
+                raise VigilError(f"http(s) sources are disabled: {redact(spec)}")
+            net = [
+                "-protocol_whitelist",
+                PROTOCOLS["http"],
+                "-rw_timeout",
+                str(int(timeout_s * 1e6)),
+            ]
+            s = _probe([*net, spec], redact(spec), timeout_s + 5)
+            self._input = [*net, "-i", spec]
+            self.info = SourceInfo(
+                "http", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None
+            )
+            return
+        if lowered.startswith(("rtsp://", "rtsps://")):
             if rtsp_transport not in ("tcp", "udp"):
                 raise VigilError(f"rtsp transport must be tcp or udp, got {rtsp_transport!r}")
-            net = ["-rtsp_transport", rtsp_transport, "-timeout", str(int(timeout_s * 1e6))]
-            self._input = [*net, "-i", spec]
+            net = [
+                "-protocol_whitelist", PROTOCOLS["rtsp"], "-rtsp_transport", rtsp_transport,
+                "-timeout", str(int(timeout_s * 1e6)),
+            ]  # fmt: skip
+            self._input = [*net, "-fflags", "nobuffer", "-i", spec]
             s = _probe([*net, spec], redact(spec), timeout_s + 5)
             self.info = SourceInfo(
                 "rtsp", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None
@@ -137,9 +169,19 @@ class FFmpegSource:
             listing = Path(self._tmp.name) / "frames.txt"
             quoted = (str(f.resolve()).replace("'", "'\\''") for f in files)
             listing.write_text("".join(f"file '{q}'\n" for q in quoted))
-            self._input = ["-f", "concat", "-safe", "0", "-i", str(listing)]
+            pace = ["-re"] if realtime else []
+            self._input = [
+                "-protocol_whitelist", PROTOCOLS["file"], *pace,
+                *(["-stream_loop", "-1"] if loop else []),
+                "-f", "concat", "-safe", "0", "-i", str(listing),
+            ]  # fmt: skip
             self.info = SourceInfo(
-                "folder", str(path), int(s["width"]), int(s["height"]), folder_fps, len(files)
+                "folder",
+                str(path),
+                int(s["width"]),
+                int(s["height"]),
+                folder_fps,
+                None if loop else len(files),
             )
             return
         if not path.exists():
@@ -147,8 +189,11 @@ class FFmpegSource:
         if not path.is_file():
             raise VigilError(f"source is neither a file, a folder nor an rtsp:// URL: {spec}")
         s = _probe([str(path)], str(path), timeout_s)
-        count = str(s.get("nb_frames") or "")
-        self._input = ["-i", str(path)]
+        count = "" if loop else str(s.get("nb_frames") or "")
+        self._input = [
+            "-protocol_whitelist", PROTOCOLS["file"], *(["-re"] if realtime else []),
+            *(["-stream_loop", "-1"] if loop else []), "-i", str(path),
+        ]  # fmt: skip
         self.info = SourceInfo(
             "video",
             str(path),
@@ -201,6 +246,11 @@ class FFmpegSource:
             )
 
     def close(self) -> None:
+        """End the FFmpeg child (safe from any thread, any number of times)."""
+        with self._close_lock:
+            self._close()
+
+    def _close(self) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()

@@ -1,0 +1,223 @@
+"""The live pipeline: many streams, one batched inference loop, per-stream trackers.
+
+    LiveStream threads (FFmpeg -> RateGate -> LatestSlot)  x N
+        -> inference thread: CrossStreamBatcher picks ready slots (round-robin, one frame per
+           stream) -> Engine (one detector call, one embedder call for the whole batch)
+           -> per-stream tracker -> v1 message encoded once -> ``publish(Published)``
+    watchdog thread: stall checks, per-second rates
+
+``publish`` is called from the inference thread and must not block (the server hands it to the
+event loop through a bounded handoff). Nothing here queues frames: a slow consumer or an
+overloaded CPU shows up as LATEST-slot drops, never as growing latency.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.batcher import Backoff, CrossStreamBatcher
+from pipeline.config import VigilConfig
+from pipeline.encode import encode_message
+from pipeline.engine import Engine
+from pipeline.live_source import LiveStream, StreamSpec, StreamState
+from pipeline.runner import make_tracker
+from pipeline.types import Tracks, VigilError
+
+
+@dataclass(frozen=True)
+class Published:
+    """One frame's result: the encoded v1 message and the tracks it was encoded from."""
+
+    stream: str
+    seq: int
+    arrival: float
+    data: bytes
+    tracks: Tracks
+
+
+@dataclass
+class LiveSettings:
+    max_batch: int = 8
+    max_wait_ms: float = 15.0
+    stall_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    timeout_s: float = 10.0
+    allow_http: bool = False
+    max_streams: int = 64
+
+
+@dataclass
+class _StreamState:
+    stream: LiveStream
+    tracker: Any
+    seq: int = 0
+    rates: dict[str, float] = field(default_factory=dict)
+    last_counts: tuple[int, int] = (0, 0)
+
+
+class LivePipeline:
+    def __init__(
+        self,
+        cfg: VigilConfig,
+        settings: LiveSettings,
+        publish: Callable[[Published], None],
+        engine: Engine | None = None,
+        observe_stage: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.engine = engine or Engine(cfg)
+        self._publish = publish
+        self._observe = observe_stage
+        self._batcher = CrossStreamBatcher(settings.max_batch, settings.max_wait_ms)
+        self._wakeup = threading.Condition()
+        self._streams: dict[str, _StreamState] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._infer_loop, name="vigil-infer", daemon=True),
+            threading.Thread(target=self._watchdog, name="vigil-watchdog", daemon=True),
+        ]
+        self.batches = 0
+        self.ready = False
+
+    # -- streams ------------------------------------------------------------------------
+    def add_stream(self, spec: StreamSpec) -> LiveStream:
+        with self._lock:
+            if spec.id in self._streams:
+                raise VigilError(f"stream {spec.id!r} already exists")
+            if len(self._streams) >= self.settings.max_streams:
+                raise VigilError(f"at most {self.settings.max_streams} streams")
+            s = self.settings
+            stream = LiveStream(
+                spec,
+                self._wakeup,
+                stall_timeout_s=s.stall_timeout_s,
+                timeout_s=s.timeout_s,
+                backoff=Backoff(s.backoff_initial_s, s.backoff_max_s),
+                allow_http=s.allow_http,
+            )
+            self._streams[spec.id] = _StreamState(stream, make_tracker(self.cfg))
+        stream.start()
+        return stream
+
+    def remove_stream(self, stream_id: str) -> None:
+        with self._lock:
+            st = self._streams.pop(stream_id, None)
+        if st is None:
+            raise KeyError(stream_id)
+        st.stream.stop()
+
+    def streams(self) -> list[LiveStream]:
+        with self._lock:
+            return [st.stream for st in self._streams.values()]
+
+    def get(self, stream_id: str) -> LiveStream | None:
+        with self._lock:
+            st = self._streams.get(stream_id)
+        return None if st is None else st.stream
+
+    def rates(self, stream_id: str) -> dict[str, float]:
+        with self._lock:
+            st = self._streams.get(stream_id)
+        return dict(st.rates) if st else {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+        self.ready = True
+
+    def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Stop intake (every FFmpeg child ends), let the batch in flight finish, join."""
+        self.ready = False
+        for stream in self.streams():
+            stream.stop()
+        self._stopping.set()
+        with self._wakeup:
+            self._wakeup.notify_all()
+        deadline = time.monotonic() + drain_timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    # -- threads ------------------------------------------------------------------------
+    def _watchdog(self) -> None:
+        last = time.monotonic()
+        while not self._stopping.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                states = list(self._streams.values())
+            for st in states:
+                st.stream.check_stall(now)
+            if now - last >= 1.0:
+                for st in states:
+                    dec, inf = st.stream.frames_decoded, st.stream.frames_inferred
+                    st.rates = {
+                        "decode_fps": (dec - st.last_counts[0]) / (now - last),
+                        "infer_fps": (inf - st.last_counts[1]) / (now - last),
+                    }
+                    st.last_counts = (dec, inf)
+                last = now
+
+    def _collect(self) -> list[tuple[_StreamState, Any]]:
+        """Block until the batcher says a batch is due; take one frame from each chosen slot."""
+        with self._wakeup:
+            while not self._stopping.is_set():
+                with self._lock:
+                    states = list(self._streams.values())
+                ready = {}
+                for st in states:
+                    t = st.stream.slot.peek_arrival()
+                    if t is not None:
+                        ready[st.stream.spec.id] = (st, t)
+                oldest = min((t for _, t in ready.values()), default=None)
+                decision = self._batcher.decide(len(ready), oldest, time.time())
+                if decision.emit:
+                    chosen = self._batcher.order(list(ready))
+                    taken = [(ready[i][0], ready[i][0].stream.slot.take()) for i in chosen]
+                    return [(st, f) for st, f in taken if f is not None]
+                self._wakeup.wait(min(decision.wait_s, 0.5))
+        return []
+
+    def _infer_loop(self) -> None:
+        while not self._stopping.is_set():
+            batch = self._collect()
+            if not batch:
+                continue
+            frames = [f for _, f in batch]
+            timings: dict[str, float] = {}
+            try:
+                dets, embeds = self.engine.process(frames, timings)
+            except Exception as e:  # a bad frame must not kill the loop for every stream
+                for st, _ in batch:
+                    st.stream.last_error = f"inference failed: {e}"
+                continue
+            self.batches += 1
+            for (st, frame), d, emb in zip(batch, dets, embeds, strict=True):
+                t0 = time.perf_counter()
+                tracks = st.tracker.update(d, emb, frame.index, frame.pts)
+                t1 = time.perf_counter()
+                data = encode_message(tracks, frame.stream_id, st.seq, frame.arrival)
+                t2 = time.perf_counter()
+                timings["track"] = timings.get("track", 0.0) + (t1 - t0) * 1e3
+                timings["encode"] = timings.get("encode", 0.0) + (t2 - t1) * 1e3
+                self._publish(Published(frame.stream_id, st.seq, frame.arrival, data, tracks))
+                st.seq += 1
+                st.stream.frames_inferred += 1
+            if self._observe is not None:
+                for name, ms in timings.items():
+                    self._observe(name, ms / len(frames))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            s.spec.id: {"state": str(s.state), "reconnects": s.reconnects} for s in self.streams()
+        }
+
+
+def live_states() -> list[str]:
+    return [str(s) for s in StreamState]

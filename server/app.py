@@ -1,0 +1,283 @@
+"""The FastAPI application: REST for streams, health, metrics, and the WebSocket hub.
+
+The event loop only moves data. Decode, inference and tracking run in the pipeline's threads;
+their results reach the loop through one bounded handoff (``_Runtime.handoff``): at most
+``HANDOFF_LIMIT`` messages may be scheduled and not yet delivered, beyond that new ones are
+dropped and counted, so a stalled loop can never make the pipeline queue without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from pipeline.config import VigilConfig, validate_stream
+from pipeline.engine import Engine
+from pipeline.live import LivePipeline, LiveSettings, Published
+from pipeline.live_source import LiveStream, StreamSpec
+from pipeline.types import VigilError
+from server.auth import ApiKeys, RateLimiter, digest
+from server.hub import Hub
+from server.metrics import Metrics
+from server.urls import check_stream_url
+
+HANDOFF_LIMIT = 1024
+CLOSE_GOING_AWAY = 1001
+
+
+class StreamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=64)
+    url: str = Field(min_length=1, max_length=2048)
+    fps: float = 10.0
+    loop: bool = True
+    realtime: bool = True
+    rtsp_transport: str = "tcp"
+
+
+class _Runtime:
+    """Everything the app owns while it runs."""
+
+    def __init__(self, cfg: VigilConfig) -> None:
+        self.cfg = cfg
+        self.keys = ApiKeys(cfg.auth)
+        self.limiter = RateLimiter(cfg.auth.mutations_per_minute)
+        self.metrics = Metrics(lambda: self.pipeline)
+        self.pipeline: LivePipeline | None = None
+        self.hub: Hub | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self.stopped = False
+
+    def handoff(self, msg: Published) -> None:
+        """Called from the inference thread: schedule delivery on the loop, never block."""
+        with self._pending_lock:
+            if self._pending >= HANDOFF_LIMIT or self.loop is None:
+                self.metrics.handoff_dropped.inc()
+                return
+            self._pending += 1
+        self.loop.call_soon_threadsafe(self._deliver, msg)
+
+    def _deliver(self, msg: Published) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+        if self.hub is not None:
+            self.hub.publish(msg)
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        engine = await self.loop.run_in_executor(None, Engine, cfg)
+        self.hub = Hub(
+            cfg.server.ws_queue,
+            engine.info.class_names,
+            on_sent=self.metrics.latency.observe,
+            on_lost=self.metrics.ws_lost.inc,
+        )
+        live = cfg.live
+        settings = LiveSettings(
+            max_batch=live.max_batch,
+            max_wait_ms=live.max_wait_ms,
+            stall_timeout_s=live.stall_timeout_s,
+            backoff_initial_s=live.backoff_initial_s,
+            backoff_max_s=live.backoff_max_s,
+            timeout_s=cfg.source.timeout_s,
+            allow_http=cfg.server.allow_http,
+            max_streams=live.max_streams,
+        )
+        self.pipeline = LivePipeline(
+            cfg, settings, self.handoff, engine, observe_stage=self.metrics.observe_stage
+        )
+        for entry in cfg.streams:
+            self.pipeline.add_stream(self.spec(entry))
+        self.pipeline.start()
+
+    def spec(self, entry: dict[str, Any]) -> StreamSpec:
+        data = validate_stream(entry)
+        root = Path(self.cfg.server.media_root)
+        shown = data["url"]
+        data["url"] = check_stream_url(shown, root, self.cfg.server.allow_http)
+        return StreamSpec(**data, shown=shown)
+
+    async def stop(self) -> None:
+        """Stop intake and drain (off the loop), then close every client with 1001."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.pipeline is not None:
+            drain = self.cfg.server.drain_timeout_s
+            await asyncio.get_running_loop().run_in_executor(None, self.pipeline.stop, drain)
+        await asyncio.sleep(0)  # deliver what the drain handed over
+        if self.hub is not None:
+            for client in list(self.hub.clients):
+                client.wake.set()
+            await asyncio.sleep(0.05)
+            for client in list(self.hub.clients):
+                closer = getattr(client, "close", None)
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        await closer(CLOSE_GOING_AWAY)
+                self.hub.disconnect(client)
+
+
+def stream_status(stream: LiveStream, rates: dict[str, float]) -> dict[str, Any]:
+    return {
+        "id": stream.spec.id,
+        "url": stream.url_redacted,
+        "state": str(stream.state),
+        "last_error": stream.last_error or None,
+        "width": stream.width,
+        "height": stream.height,
+        "target_fps": stream.spec.fps,
+        "decode_fps": round(rates.get("decode_fps", 0.0), 2),
+        "infer_fps": round(rates.get("infer_fps", 0.0), 2),
+        "frames_decoded": stream.frames_decoded,
+        "frames_inferred": stream.frames_inferred,
+        "drops": stream.slot.dropped,
+        "skipped": stream.gate.skipped,
+        "reconnects": stream.reconnects,
+        "queue_depth": stream.slot.depth,
+    }
+
+
+def _presented_key(headers: Any, query: Any = None) -> str | None:
+    key = headers.get("x-api-key")
+    if key:
+        return str(key)
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return str(auth[7:].strip())
+    if query is not None and query.get("token"):
+        return str(query.get("token"))
+    return None
+
+
+def create_app(cfg: VigilConfig) -> FastAPI:
+    rt = _Runtime(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await rt.start()
+        yield
+        await rt.stop()
+
+    app = FastAPI(title="Vigil", version="0.1.0", lifespan=lifespan)
+    app.state.runtime = rt
+
+    def authorize(request: Request) -> bytes | str:
+        if not rt.keys.enabled:
+            return request.client.host if request.client else "anonymous"
+        key = _presented_key(request.headers)
+        if key is None:
+            raise HTTPException(401, "an API key is required (X-API-Key header)")
+        if not rt.keys.check(key):
+            raise HTTPException(403, "the API key is not valid")
+        return digest(key)
+
+    def read_access(request: Request) -> None:
+        if cfg.auth.protect_reads:
+            authorize(request)
+
+    def mutation(request: Request) -> None:
+        who = authorize(request)
+        if not rt.limiter.allow(who):
+            raise HTTPException(429, "too many changes; slow down")
+
+    def pipeline() -> LivePipeline:
+        if rt.pipeline is None:
+            raise HTTPException(503, "not ready")
+        return rt.pipeline
+
+    @app.exception_handler(VigilError)
+    async def vigil_error(_: Request, exc: VigilError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ok = rt.pipeline is not None and rt.pipeline.ready and not rt.stopped
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        if cfg.auth.protect_metrics:
+            authorize(request)
+        if rt.hub is not None:
+            rt.metrics.ws_clients.set(len(rt.hub.clients))
+        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/api/streams", dependencies=[Depends(read_access)])
+    async def list_streams() -> list[dict[str, Any]]:
+        p = pipeline()
+        return [stream_status(s, p.rates(s.spec.id)) for s in p.streams()]
+
+    @app.get("/api/streams/{stream_id}", dependencies=[Depends(read_access)])
+    async def get_stream(stream_id: str) -> dict[str, Any]:
+        p = pipeline()
+        s = p.get(stream_id)
+        if s is None:
+            raise HTTPException(404, f"no stream {stream_id!r}")
+        return stream_status(s, p.rates(stream_id))
+
+    @app.post("/api/streams", status_code=201, dependencies=[Depends(mutation)])
+    async def add_stream(body: StreamIn) -> dict[str, Any]:
+        p = pipeline()
+        spec = rt.spec(body.model_dump())
+        if p.get(spec.id) is not None:
+            raise HTTPException(409, f"stream {spec.id!r} already exists")
+        stream = await asyncio.get_running_loop().run_in_executor(None, p.add_stream, spec)
+        return stream_status(stream, {})
+
+    @app.delete("/api/streams/{stream_id}", status_code=204, dependencies=[Depends(mutation)])
+    async def remove_stream(stream_id: str) -> Response:
+        p = pipeline()
+        if p.get(stream_id) is None:
+            raise HTTPException(404, f"no stream {stream_id!r}")
+        await asyncio.get_running_loop().run_in_executor(None, p.remove_stream, stream_id)
+        if rt.hub is not None:
+            rt.hub.forget_stream(stream_id)
+        return Response(status_code=204)
+
+    @app.websocket("/ws")
+    async def ws(socket: WebSocket) -> None:
+        if rt.keys.enabled:
+            key = _presented_key(socket.headers, socket.query_params)
+            if key is None or not rt.keys.check(key):
+                await socket.close(code=1008)  # before accept: the handshake gets HTTP 403
+                return
+        hub = rt.hub
+        if hub is None or rt.stopped:
+            await socket.close(code=1013)
+            return
+        await socket.accept()
+        client = hub.connect(socket.send_text)
+        client.close = socket.close  # type: ignore[attr-defined]
+        sender = asyncio.create_task(hub.sender(client))
+        try:
+            while True:
+                hub.handle(client, await socket.receive_text())
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            hub.disconnect(client)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            if socket.client_state is WebSocketState.CONNECTED and not rt.stopped:
+                with contextlib.suppress(Exception):
+                    await socket.close()
+
+    return app

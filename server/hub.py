@@ -1,0 +1,209 @@
+"""The WebSocket hub: fan-out of v1 messages to subscribed clients. Runs on the event loop.
+
+- ``publish`` never blocks and never awaits: each client has a small ``deque`` that drops the
+  oldest message when full (and counts what it dropped); the client's own sender task drains
+  it, so a stalled client only ever loses its own messages.
+- Each message is encoded once for every client without a class filter; clients that filter
+  classes share one encoding per distinct filter.
+- The latest message of every stream is kept (one per stream) as the snapshot of live tracks
+  that a reconnecting client receives first.
+
+Client protocol (JSON text frames)::
+
+    -> {"op": "subscribe", "streams": ["cam1"], "classes": ["person"], "last_seq": {"cam1": 41}}
+    <- {"op": "subscribed", "streams": [...] | null, "classes": [...] | null}
+    <- v1 messages ...                          (a snapshot first when last_seq was given)
+    <- {"op": "lost", "count": 12}              (messages dropped for this client)
+    -> {"op": "ping"}   <- {"op": "pong"}
+    <- {"op": "error", "error": "..."}          (malformed input; nothing else changes)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.encode import encode_message
+from pipeline.live import Published
+
+
+@dataclass(eq=False)
+class Client:
+    """One connected WebSocket. ``streams``/``classes`` None means everything."""
+
+    send: Callable[[str], Any]  # the socket's send_text coroutine function
+    queue_size: int
+    streams: frozenset[str] | None = None
+    classes: frozenset[int] | None = None
+    queue: deque[tuple[str, float]] = field(init=False)
+    lost: int = 0
+    lost_reported: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.queue = deque(maxlen=self.queue_size)
+
+    def enqueue(self, text: str, arrival: float) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.lost += 1
+        self.queue.append((text, arrival))
+        self.wake.set()
+
+    def wants(self, stream: str) -> bool:
+        return self.streams is None or stream in self.streams
+
+
+class Hub:
+    def __init__(
+        self,
+        queue_size: int,
+        class_names: Sequence[str],
+        on_sent: Callable[[float], None] | None = None,
+        on_lost: Callable[[int], None] | None = None,
+    ) -> None:
+        self.queue_size = queue_size
+        self.class_names = list(class_names)
+        self.clients: set[Client] = set()
+        self.latest: dict[str, Published] = {}
+        self._on_sent = on_sent
+        self._on_lost = on_lost
+        self.published = 0
+
+    # -- called on the loop by the pipeline's handoff ----------------------------------------
+    def publish(self, msg: Published) -> None:
+        self.latest[msg.stream] = msg
+        self.published += 1
+        if not self.clients:
+            return
+        full = msg.data.decode()
+        filtered: dict[frozenset[int], str] = {}
+        for c in self.clients:
+            if not c.wants(msg.stream):
+                continue
+            if c.classes is None:
+                c.enqueue(full, msg.arrival)
+                continue
+            text = filtered.get(c.classes)
+            if text is None:
+                text = filtered[c.classes] = _encode_filtered(msg, c.classes)
+            c.enqueue(text, msg.arrival)
+
+    def forget_stream(self, stream: str) -> None:
+        self.latest.pop(stream, None)
+
+    # -- per connection -----------------------------------------------------------------------
+    def connect(self, send: Callable[[str], Any]) -> Client:
+        client = Client(send, self.queue_size)
+        self.clients.add(client)
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        self.clients.discard(client)
+        client.wake.set()
+
+    def handle(self, client: Client, text: str) -> None:
+        """Apply one client message; its reply (and any snapshot) goes into the client's queue,
+        so replies and messages leave in order through the one sender."""
+        reply, snapshot = self._apply(client, text)
+        client.enqueue(reply, 0.0)
+        for msg in snapshot:
+            client.enqueue(self._text_for(client, msg), msg.arrival)
+
+    def _text_for(self, client: Client, msg: Published) -> str:
+        if client.classes is None:
+            return msg.data.decode()
+        return _encode_filtered(msg, client.classes)
+
+    def _apply(self, client: Client, text: str) -> tuple[str, list[Published]]:
+        try:
+            req = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error("message is not JSON"), []
+        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+            return _error('expected an object with an "op" field'), []
+        if req["op"] == "ping":
+            return json.dumps({"op": "pong"}), []
+        if req["op"] != "subscribe":
+            return _error(f"unknown op {req['op']!r} (use subscribe or ping)"), []
+        streams = req.get("streams")
+        classes = req.get("classes")
+        last_seq = req.get("last_seq", {})
+        if streams is not None and (
+            not isinstance(streams, list) or not all(isinstance(s, str) for s in streams)
+        ):
+            return _error('"streams" must be a list of stream ids'), []
+        if classes is not None and not isinstance(classes, list):
+            return _error('"classes" must be a list of class names or ids'), []
+        if not isinstance(last_seq, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in last_seq.values()
+        ):
+            return _error('"last_seq" must map stream ids to integers'), []
+        class_ids: set[int] = set()
+        for c in classes or []:
+            if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(self.class_names):
+                class_ids.add(c)
+            elif isinstance(c, str) and c in self.class_names:
+                class_ids.add(self.class_names.index(c))
+            else:
+                return _error(f"unknown class {c!r}"), []
+        client.streams = None if streams is None else frozenset(streams)
+        client.classes = None if classes is None else frozenset(class_ids)
+        snapshot = []
+        if "last_seq" in req:
+            snapshot = [
+                msg
+                for stream, msg in sorted(self.latest.items())
+                if client.wants(stream) and msg.seq > last_seq.get(stream, -1)
+            ]
+        reply = json.dumps(
+            {
+                "op": "subscribed",
+                "streams": None if streams is None else sorted(client.streams or ()),
+                "classes": None if classes is None else sorted(client.classes or ()),
+            }
+        )
+        return reply, snapshot
+
+    async def sender(self, client: Client) -> None:
+        """Drain one client's queue into its socket until it disconnects."""
+        while client in self.clients:
+            await client.wake.wait()
+            client.wake.clear()
+            if client.lost > client.lost_reported:
+                n = client.lost - client.lost_reported
+                client.lost_reported = client.lost
+                if self._on_lost is not None:
+                    self._on_lost(n)
+                await client.send(json.dumps({"op": "lost", "count": n}))
+            while client.queue:
+                text, arrival = client.queue.popleft()
+                await client.send(text)
+                if arrival > 0 and self._on_sent is not None:
+                    self._on_sent(time.time() - arrival)
+
+
+def _error(message: str) -> str:
+    return json.dumps({"op": "error", "error": message})
+
+
+def _encode_filtered(msg: Published, classes: frozenset[int]) -> str:
+    t = msg.tracks
+    keep = np.isin(t.class_id, np.fromiter(classes, np.int64, len(classes)))
+    sub = type(t)(
+        t.xyxy[keep],
+        t.track_id[keep],
+        t.class_id[keep],
+        t.confidence[keep],
+        t.det_index[keep],
+        t.stream_id,
+        t.frame_index,
+        t.pts,
+    )
+    return encode_message(sub, msg.stream, msg.seq, msg.arrival).decode()

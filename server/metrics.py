@@ -1,0 +1,98 @@
+"""Prometheus metrics. Per-stream numbers are read from the pipeline at scrape time; latency
+histograms are observed as messages leave. Labels carry stream ids, never URLs (credentials)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from pipeline.live import LivePipeline, live_states
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class _StreamCollector(Collector):
+    def __init__(self, pipeline: Callable[[], LivePipeline | None]) -> None:
+        self._pipeline = pipeline
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        p = self._pipeline()
+        streams = p.streams() if p is not None else []
+        counters = {
+            "frames_decoded": "Frames decoded by FFmpeg",
+            "frames_inferred": "Frames that went through the detector",
+            "frames_dropped": "Frames replaced in the LATEST slot before inference (stale)",
+            "frames_skipped": "Frames skipped by the per-stream inference rate",
+            "reconnects": "Reconnections (stalls, errors, source ends)",
+        }
+        fams = {
+            k: CounterMetricFamily(f"vigil_stream_{k}", doc, labels=["stream"])
+            for k, doc in counters.items()
+        }
+        depth = GaugeMetricFamily("vigil_stream_queue_depth", "Frames waiting", labels=["stream"])
+        dec = GaugeMetricFamily("vigil_stream_decode_fps", "Decoded frames/s", labels=["stream"])
+        inf = GaugeMetricFamily("vigil_stream_infer_fps", "Inferred frames/s", labels=["stream"])
+        state = GaugeMetricFamily(
+            "vigil_stream_state", "1 for the stream's current state", labels=["stream", "state"]
+        )
+        for s in streams:
+            sid = s.spec.id
+            values = {
+                "frames_decoded": s.frames_decoded,
+                "frames_inferred": s.frames_inferred,
+                "frames_dropped": s.slot.dropped,
+                "frames_skipped": s.gate.skipped,
+                "reconnects": s.reconnects,
+            }
+            for k, v in values.items():
+                fams[k].add_metric([sid], v)
+            depth.add_metric([sid], s.slot.depth)
+            rates = p.rates(sid) if p is not None else {}
+            dec.add_metric([sid], rates.get("decode_fps", 0.0))
+            inf.add_metric([sid], rates.get("infer_fps", 0.0))
+            for st in live_states():
+                state.add_metric([sid, st], 1.0 if str(s.state) == st else 0.0)
+        yield from fams.values()
+        yield from (depth, dec, inf, state)
+
+
+class Metrics:
+    def __init__(self, pipeline: Callable[[], LivePipeline | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.stage = Histogram(
+            "vigil_stage_seconds",
+            "Per-frame time in each pipeline stage",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vigil_frame_to_send_seconds",
+            "Frame arrival from the decoder to the WebSocket send",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ws_clients = Gauge(
+            "vigil_ws_clients", "Connected WebSocket clients", registry=self.registry
+        )
+        self.ws_lost = Counter(
+            "vigil_ws_messages_lost_total",
+            "Messages dropped for slow clients",
+            registry=self.registry,
+        )
+        self.handoff_dropped = Counter(
+            "vigil_handoff_dropped_total",
+            "Messages dropped between the inference thread and the event loop",
+            registry=self.registry,
+        )
+        self.registry.register(_StreamCollector(pipeline))
+
+    def observe_stage(self, stage: str, ms: float) -> None:
+        self.stage.labels(stage).observe(ms / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
