@@ -8,13 +8,20 @@ SAMPLE := assets/one-by-one-person-detection.mp4
 # Ultralytics-free, offline, and quiet: nothing here downloads at run time.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install run test lint typecheck system-deps clean
+.PHONY: install run replay test lint typecheck system-deps clean
 
-# ffmpeg/ffprobe come from Debian (the decoder runs FFmpeg as a subprocess).
+# Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
+# loopback RTSP server, GStreamer's RTSP server with its Python bindings.
+APT_PACKAGES := ffmpeg gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-libav gstreamer1.0-tools
 system-deps:
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
+	fi
 
 # torch goes first and pinned (the local CPU wheel); everything else from the lock with torch
 # held by a constraint so no package can pull a CUDA build.
@@ -29,7 +36,12 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 
 install: system-deps $(STAMP)
 
+# The live server on http://127.0.0.1:8000 with the sample clip looped as camera "sample".
 run: install
+	$(VENV)/bin/vigil serve --config configs/sample.yaml
+
+# The offline replay of the sample clip (tracks.txt, messages.jsonl, summary.json).
+replay: install
 	$(VENV)/bin/vigil replay $(SAMPLE) --out runs/sample
 
 test: install

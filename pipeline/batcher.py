@@ -71,9 +71,13 @@ class RateGate:
     def admit(self, t: float) -> bool:
         if self.period == 0.0:
             return True
-        if self._next < 0 or t >= self._next - 1e-4:
-            # schedule from the ideal grid, but never let a stall build up credit
-            self._next = max(self._next + self.period, t + self.period * 0.5)
+        if self._next < 0:
+            self._next = t + self.period
+            return True
+        if t >= self._next - 1e-4:
+            self._next += self.period  # stay on the ideal grid...
+            if self._next < t:  # ...but a stall never banks credit for a burst
+                self._next = t + self.period
             return True
         self.skipped += 1
         return False

@@ -15,8 +15,12 @@ DEFAULT_YAML = Path(__file__).resolve().parent.parent / "configs" / "default.yam
 def test_default_yaml_documents_every_knob_with_the_code_defaults() -> None:
     data = yaml.safe_load(DEFAULT_YAML.read_text())
     code = VigilConfig()
+    assert set(data) == {f.name for f in fields(code)}
     for section in fields(code):
         sub = getattr(code, section.name)
+        if section.name == "streams":
+            assert data["streams"] == []
+            continue
         assert is_dataclass(sub)
         assert set(data[section.name]) == {f.name for f in fields(sub)}, section.name
     loaded = load_config(DEFAULT_YAML)
@@ -27,6 +31,14 @@ def test_default_yaml_documents_every_knob_with_the_code_defaults() -> None:
     as_dict["model"]["manifest"] = code.model.manifest
     as_dict["tracker"]["embedder_model"] = code.tracker.embedder_model
     assert as_dict == asdict(code)
+
+
+@pytest.mark.parametrize("name", ["sample.yaml", "cameras.example.yaml"])
+def test_example_configs_load(name: str) -> None:
+    from pipeline.config import validate_stream
+
+    cfg = load_config(DEFAULT_YAML.with_name(name))
+    assert cfg.streams and all(validate_stream(s) for s in cfg.streams)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from pipeline.batcher import Backoff, CrossStreamBatcher, LatestSlot, RateGate
+from pipeline.types import Frame
+
+
+def _frame(i: int, t: float, sid: str = "s") -> Frame:
+    return Frame(sid, i, i / 10, np.zeros((2, 2, 3), np.uint8), t)
+
+
+def test_latest_slot_keeps_newest_and_counts_drops() -> None:
+    cond = threading.Condition()
+    slot = LatestSlot(cond)
+    assert slot.take() is None and slot.peek_arrival() is None and slot.depth == 0
+    for i in range(5):
+        slot.put(_frame(i, float(i)))
+    assert slot.depth == 1 and slot.dropped == 4 and slot.accepted == 5
+    f = slot.take()
+    assert f is not None and f.index == 4
+    assert slot.take() is None
+
+
+def test_latest_slot_memory_is_one_frame_over_thousands() -> None:
+    slot = LatestSlot()
+    for i in range(10_000):
+        slot.put(_frame(i, float(i)))
+        if i % 7 == 0:
+            slot.take()
+    assert slot.depth <= 1 and slot.dropped + 10_000 // 7 + 1 >= 10_000 - 1
+
+
+def test_rate_gate_admits_every_third_of_30_fps_at_10() -> None:
+    gate = RateGate(10)
+    admitted = [i for i in range(300) if gate.admit(i / 30)]
+    assert len(admitted) == 100
+    assert set(np.diff(admitted)) == {3}
+    assert gate.skipped == 200
+    assert all(RateGate(0).admit(i / 30) for i in range(10))
+
+
+def test_rate_gate_does_not_bank_credit_over_a_stall() -> None:
+    gate = RateGate(10)
+    assert gate.admit(0.0)
+    assert gate.admit(5.0)  # after a 5 s gap: one frame, not a burst of 50
+    assert not gate.admit(5.01)
+
+
+def test_batcher_emits_on_size_or_deadline() -> None:
+    b = CrossStreamBatcher(max_batch=4, max_wait_ms=20)
+    assert not b.decide(0, None, 1.0).emit
+    d = b.decide(2, oldest_arrival=1.0, now=1.005)
+    assert not d.emit and d.wait_s == pytest.approx(0.015)
+    assert b.decide(2, 1.0, 1.021).emit
+    assert b.decide(4, 1.0, 1.0).emit
+
+
+def test_batcher_round_robin_is_fair() -> None:
+    b = CrossStreamBatcher(max_batch=2, max_wait_ms=0)
+    ids = ["a", "b", "c", "d", "e"]
+    served = [s for _ in range(5) for s in b.order(ids)]
+    assert {s: served.count(s) for s in ids} == dict.fromkeys(ids, 2)
+    assert b.order([]) == []
+    with pytest.raises(ValueError):
+        CrossStreamBatcher(0, 10)
+
+
+def test_backoff_grows_caps_and_resets() -> None:
+    b = Backoff(0.5, 8.0, random.Random(0))
+    delays = [b.next_delay() for _ in range(8)]
+    caps = [min(8.0, 0.5 * 2**i) for i in range(8)]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, caps, strict=True))
+    assert max(delays) <= 8.0
+    b.reset()
+    assert b.next_delay() <= 0.5

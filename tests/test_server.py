@@ -1,0 +1,200 @@
+"""The live server for real: `vigil serve` in a subprocess, HTTP and WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.conftest import SAMPLE_CLIP
+from tests.serving import Server, alive, children_matching, ffmpeg_children, serve
+
+KEY = "test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory, synthetic_clip: Path) -> Path:
+    root = tmp_path_factory.mktemp("media")
+    shutil.copy(SAMPLE_CLIP, root / "people.mp4")
+    shutil.copy(synthetic_clip, root / "testsrc.mp4")
+    return root
+
+
+def _config(media: Path, **extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "server": {"media_root": str(media), "drain_timeout_s": 3.0},
+        "live": {"stall_timeout_s": 3.0, "backoff_initial_s": 0.2, "backoff_max_s": 1.0},
+        "tracker": {"embedder": "histogram"},
+        "streams": [{"id": "people", "url": "people.mp4", "fps": 10}],
+    }
+    for section, values in extra.items():
+        cfg[section] = values if section == "streams" else {**cfg.get(section, {}), **values}
+    return cfg
+
+
+async def _recv_json(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
+    return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+
+
+def test_rest_streams_at_run_time(media: Path, tmp_path: Path) -> None:
+    with serve(_config(media), tmp_path) as srv:
+        first = srv.wait_state("people", "live")
+        assert first["width"] == 768 and first["url"] == "people.mp4"
+        status, body = srv.request("POST", "/api/streams", {"id": "test", "url": "testsrc.mp4"})
+        assert status == 201, body
+        live = srv.wait_state("test", "live")
+        assert live["frames_decoded"] > 0
+        assert srv.request("POST", "/api/streams", {"id": "test", "url": "testsrc.mp4"})[0] == 409
+        ids = [s["id"] for s in srv.request("GET", "/api/streams")[1]]
+        assert ids == ["people", "test"]
+        assert srv.request("DELETE", "/api/streams/test")[0] == 204
+        assert srv.request("GET", "/api/streams/test")[0] == 404
+        assert srv.request("DELETE", "/api/streams/test")[0] == 404
+        time.sleep(1.0)
+        assert not children_matching(str(media / "testsrc.mp4"))  # its FFmpeg is gone
+        assert srv.stream("people")["state"] == "live"  # the other stream never noticed
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("file:///etc/passwd", "scheme 'file' is not allowed"),
+        ("concat:people.mp4|testsrc.mp4", "scheme 'concat' is not allowed"),
+        ("http://127.0.0.1:9/x.mp4", "http(s) stream urls are disabled"),
+        ("../outside.mp4", "outside the media root"),
+        ("/etc/hostname", "outside the media root"),
+    ],
+)
+def test_refused_urls_are_422(media: Path, tmp_path: Path, url: str, detail: str) -> None:
+    server = _SHARED.get("srv")
+    assert server is not None
+    status, body = server.request("POST", "/api/streams", {"id": "x", "url": url})
+    assert status == 422 and detail in body["detail"], body
+
+
+_SHARED: dict[str, Server] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_server(
+    media: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Any:  # one server for the quick request-level tests
+    with serve(_config(media), tmp_path_factory.mktemp("srv")) as srv:
+        _SHARED["srv"] = srv
+        yield srv
+        _SHARED.clear()
+
+
+def test_bad_bodies_are_422(shared_server: Server) -> None:
+    for body in ({"id": "x"}, {"id": "bad id!", "url": "people.mp4"}, {"id": "x", "url": "people.mp4", "fps": -3}, {"id": "x", "url": "people.mp4", "extra": 1}):  # fmt: skip
+        status, reply = shared_server.request("POST", "/api/streams", body)
+        assert status == 422, (body, reply)
+    assert shared_server.request("GET", "/healthz") == (200, {"status": "ok"})
+
+
+def test_websocket_subscribe_snapshot_malformed_and_metrics(shared_server: Server) -> None:
+    srv = shared_server
+    srv.wait_state("people", "live")
+
+    async def run() -> None:
+        async with websockets.connect(srv.ws) as good, websockets.connect(srv.ws) as bad:
+            await good.send(
+                json.dumps({"op": "subscribe", "streams": ["people"], "classes": ["person"]})
+            )
+            assert (await _recv_json(good))["op"] == "subscribed"
+            for garbage in ("{", '{"op": "subscribe", "classes": ["unicorn"]}', "[]"):
+                await bad.send(garbage)
+                reply = await _recv_json(bad)
+                while "op" not in reply:  # live messages may come first
+                    reply = await _recv_json(bad)
+                assert reply["op"] == "error"
+            seqs = []
+            for _ in range(20):
+                msg = await _recv_json(good)
+                assert msg["v"] == 1 and msg["stream"] == "people"
+                assert all(t[1] == 0 for t in msg["tracks"])
+                seqs.append(msg["seq"])
+            assert seqs == list(range(seqs[0], seqs[0] + 20))  # nothing lost, in order
+        async with websockets.connect(srv.ws) as again:
+            await again.send(json.dumps({"op": "subscribe", "last_seq": {"people": seqs[-1]}}))
+            assert (await _recv_json(again))["op"] == "subscribed"
+            snap = await _recv_json(again)
+            assert snap["stream"] == "people" and snap["seq"] > seqs[-1]
+
+    asyncio.run(run())
+    text = srv.request("GET", "/metrics")[1]
+    assert 'vigil_stream_frames_inferred_total{stream="people"}' in text
+    count = [ln for ln in text.splitlines() if ln.startswith("vigil_frame_to_send_seconds_count")]
+    assert count and float(count[0].split()[-1]) >= 20
+    assert "vigil_stage_seconds_bucket" in text and "rtsp://" not in text
+
+
+def test_stalled_client_does_not_slow_the_others(shared_server: Server) -> None:
+    srv = shared_server
+
+    async def run() -> list[int]:
+        stalled = await websockets.connect(srv.ws, max_queue=1)
+        await stalled.send(json.dumps({"op": "subscribe"}))
+        seqs: list[int] = []
+        async with websockets.connect(srv.ws) as reader:
+            await reader.send(json.dumps({"op": "subscribe"}))
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 4.0:
+                msg = await _recv_json(reader)
+                if "seq" in msg:
+                    seqs.append(msg["seq"])
+        await stalled.close()
+        return seqs
+
+    seqs = asyncio.run(run())
+    assert len(seqs) >= 30  # 10 fps for 4 s, minus start-up
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def test_auth_rate_limit_and_graceful_shutdown(media: Path, tmp_path: Path) -> None:
+    cfg = _config(media, auth={"keys": [KEY], "mutations_per_minute": 3})
+    with serve(cfg, tmp_path) as srv:
+        srv.wait_state("people", "live")
+        body = {"id": "t1", "url": "testsrc.mp4"}
+        assert srv.request("POST", "/api/streams", body)[0] == 401
+        assert srv.request("POST", "/api/streams", body, key="wrong-key-0000000000")[0] == 403
+        assert srv.request("DELETE", "/api/streams/people")[0] == 401
+        assert srv.request("GET", "/api/streams")[0] == 200  # reads stay open by default
+        assert srv.request("POST", "/api/streams", body, key=KEY)[0] == 201
+        assert srv.request("DELETE", "/api/streams/t1", key=KEY)[0] == 204
+        assert srv.request("POST", "/api/streams", body, key=KEY)[0] == 201
+        assert srv.request("DELETE", "/api/streams/t1", key=KEY)[0] == 429  # 4th change in a minute
+
+        async def ws_checks() -> int:
+            for url in (srv.ws, srv.ws + "?token=wrong-key-0000000000"):
+                with pytest.raises(websockets.InvalidStatus) as err:
+                    async with websockets.connect(url):
+                        pass
+                assert err.value.response.status_code == 403
+            async with websockets.connect(srv.ws + f"?token={KEY}") as ws:
+                await ws.send(json.dumps({"op": "subscribe"}))
+                assert (await _recv_json(ws))["op"] == "subscribed"
+                await _recv_json(ws)
+                children.extend(ffmpeg_children(srv.proc.pid))
+                srv.proc.send_signal(signal.SIGTERM)
+                try:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 15)
+                except websockets.ConnectionClosed as closed:
+                    assert closed.rcvd is not None
+                    return int(closed.rcvd.code)
+            return -1
+
+        children: list[int] = []
+        assert asyncio.run(ws_checks()) == 1001
+        assert srv.proc.wait(timeout=20) == 0
+        out = srv.proc.stdout.read() if srv.proc.stdout else ""
+        assert "Traceback" not in out and KEY not in out
+        assert len(children) == 2 and not alive(children)  # both FFmpeg children ended too
