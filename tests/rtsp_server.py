@@ -30,6 +30,14 @@ server.set_address("127.0.0.1")
 server.set_service(a.port)
 mounts = server.get_mount_points()
 feeders = []
+
+
+def feeder_cmd(path, port):
+    rtp = f"rtp://127.0.0.1:{port}?pkt_size=1200"
+    return ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", path,
+            "-an", "-c:v", "copy", "-f", "rtp", "-payload_type", "96", rtp]  # fmt: skip
+
+
 tmp = tempfile.mkdtemp(prefix="vigil-rtsp-")
 for i, spec in enumerate(a.mounts):
     name, path = spec.split("=", 1)
@@ -50,29 +58,7 @@ for i, spec in enumerate(a.mounts):
     )
     f.set_shared(True)
     mounts.add_factory(f"/{name}", f)
-    feeders.append(
-        subprocess.Popen(
-            [
-                "ffmpeg",
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-re",
-                "-stream_loop",
-                "-1",
-                "-i",
-                path,
-                "-an",
-                "-c:v",
-                "copy",
-                "-f",
-                "rtp",
-                "-payload_type",
-                "96",
-                f"rtp://127.0.0.1:{port}?pkt_size=1200",
-            ]
-        )  # fmt: skip
-    )
+    feeders.append(subprocess.Popen(feeder_cmd(path, port)))
     print(f"rtsp://127.0.0.1:{a.port}/{name}", flush=True)
 server.attach(None)
 loop = GLib.MainLoop()

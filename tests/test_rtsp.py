@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
 import subprocess
@@ -65,7 +66,7 @@ def rtsp(tmp_path: Path) -> Iterator[RtspServer]:
 
 
 def test_rtsp_server_killed_and_restarted(rtsp: RtspServer, tmp_path: Path) -> None:
-    url = rtsp.start()
+    rtsp.start()
     media = tmp_path / "media"
     media.mkdir()
     shutil.copy(SAMPLE_CLIP, media / "local.mp4")
@@ -92,7 +93,7 @@ def test_rtsp_server_killed_and_restarted(rtsp: RtspServer, tmp_path: Path) -> N
             cam = srv.stream("cam")
             states.add(cam["state"])
             time.sleep(0.5)
-        steps = [b - a for a, b in zip(counts, counts[1:], strict=False)]
+        steps = [b - a for a, b in itertools.pairwise(counts)]
         assert min(steps) >= 2, steps
         assert states & {"stalled", "reconnecting", "connecting"}, states
         assert "hunter2" not in str(cam)

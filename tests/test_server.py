@@ -93,7 +93,13 @@ def shared_server(
 
 
 def test_bad_bodies_are_422(shared_server: Server) -> None:
-    for body in ({"id": "x"}, {"id": "bad id!", "url": "people.mp4"}, {"id": "x", "url": "people.mp4", "fps": -3}, {"id": "x", "url": "people.mp4", "extra": 1}):  # fmt: skip
+    bodies = [
+        {"id": "x"},
+        {"id": "bad id!", "url": "people.mp4"},
+        {"id": "x", "url": "people.mp4", "fps": -3},
+        {"id": "x", "url": "people.mp4", "extra": 1},
+    ]
+    for body in bodies:
         status, reply = shared_server.request("POST", "/api/streams", body)
         assert status == 422, (body, reply)
     assert shared_server.request("GET", "/healthz") == (200, {"status": "ok"})
