@@ -8,7 +8,7 @@ SAMPLE := assets/one-by-one-person-detection.mp4
 # Ultralytics-free, offline, and quiet: nothing here downloads at run time.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install run replay test lint typecheck system-deps clean
+.PHONY: install run replay bench test lint typecheck system-deps clean
 
 # Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
 # loopback RTSP server, GStreamer's RTSP server with its Python bindings.
@@ -49,6 +49,13 @@ test: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy pipeline models trackers server
 	$(PY) -m pytest -q
+
+# The full side-by-side benchmark (figures, not pass/fail). Uses ../shared/data when present.
+SHARED ?= ../shared/data
+bench: install
+	$(VENV)/bin/vigil bench --out runs/bench \
+	  $$( [ -d $(SHARED)/mot ] && echo --footage $(SAMPLE) $(SHARED)/mot/TUD-Stadtmitte/img1 \
+	      --sequences $(SHARED)/mot/TUD-Stadtmitte $(SHARED)/mot/PETS09-S3MF1 )
 
 lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -108,6 +108,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import SAMPLE
+    from pipeline.bench_report import run_bench
+
+    cfg = _config(args)
+    footage = [str(p) for p in args.footage] or [str(SAMPLE)]
+    for spec in footage:
+        if not Path(spec).exists():
+            raise VigilError(f"footage not found: {spec}")
+    max_streams = args.max_streams or (2 if args.quick else 16)
+    seconds = args.live_seconds or (4.0 if args.quick else 60.0)
+
+    def step(name: str) -> None:
+        if not args.quiet:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+
+    result = run_bench(
+        cfg, args.out, args.quick, footage, args.sequences, max_streams, seconds, args.rtsp, step
+    )
+    for row in result.get("baselines", []):
+        print(
+            f"{Path(row['footage']).name}: Vigil {row['vigil_fps']} fps, naive loop "
+            f"{row['naive_fps']} fps ({row['vigil_over_naive']}x), decode-only "
+            f"{row['decode_only_fps']} fps (Vigil at {row['vigil_over_decode']:.0%} of it)"
+        )
+    live = result["live"]
+    print(f"live: largest N = {live['largest_n']} streams at {live['fps_per_stream']:g} fps")
+    print(f"report: {args.out}/bench.md, bench.json, {', '.join(result['plots'])}")
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The offline commands (replay, eval, models). ``server.main`` adds ``serve``."""
     from pipeline.cli_models import add_model_commands
@@ -137,6 +168,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     ev.add_argument("sequences", nargs="+", type=Path, help="sequence folders")
     common(ev)
     ev.set_defaults(func=cmd_eval)
+
+    bn = sub.add_parser("bench", help="stage, replay, baseline and live-capacity benchmarks")
+    common(bn)
+    bn.add_argument("--quick", action="store_true", help="a one-minute smoke version")
+    bn.add_argument("--footage", nargs="*", type=Path, default=[], help="videos/frame folders")
+    bn.add_argument("--sequences", nargs="*", type=Path, default=[], help="MOT sequences")
+    bn.add_argument("--rtsp", action="store_true", help="live streams over loopback RTSP")
+    bn.add_argument("--max-streams", type=int, default=0)
+    bn.add_argument("--live-seconds", type=float, default=0.0)
+    bn.set_defaults(func=cmd_bench)
 
     add_model_commands(sub)
     return parser, sub

@@ -69,6 +69,9 @@ class LiveConfig:
     backoff_initial_s: float = 0.5  # first reconnection delay; doubles up to backoff_max_s
     backoff_max_s: float = 30.0
     max_streams: int = 64
+    # Niceness of the inference threads (Linux). Above 0, decoding, reconnecting and serving
+    # win the CPU under overload: inference then drops frames instead of starving the cameras.
+    inference_nice: int = 5
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "live.backoff_initial_s": (0.01, 60.0),
     "live.backoff_max_s": (0.1, 3600.0),
     "live.max_streams": (1, 1024),
+    "live.inference_nice": (0, 19),
     "server.port": (0, 65535),
     "server.ws_queue": (1, 100000),
     "server.ws_ping_interval_s": (0.0, 3600.0),

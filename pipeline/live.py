@@ -13,6 +13,8 @@ overloaded CPU shows up as LATEST-slot drops, never as growing latency.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,18 +42,6 @@ class Published:
 
 
 @dataclass
-class LiveSettings:
-    max_batch: int = 8
-    max_wait_ms: float = 15.0
-    stall_timeout_s: float = 10.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    timeout_s: float = 10.0
-    allow_http: bool = False
-    max_streams: int = 64
-
-
-@dataclass
 class _StreamState:
     stream: LiveStream
     tracker: Any
@@ -64,17 +54,16 @@ class LivePipeline:
     def __init__(
         self,
         cfg: VigilConfig,
-        settings: LiveSettings,
         publish: Callable[[Published], None],
         engine: Engine | None = None,
         observe_stage: Callable[[str, float], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.settings = settings
-        self.engine = engine or Engine(cfg)
+        self.settings = cfg.live
+        self.engine = engine or build_engine_low_priority(cfg)
         self._publish = publish
         self._observe = observe_stage
-        self._batcher = CrossStreamBatcher(settings.max_batch, settings.max_wait_ms)
+        self._batcher = CrossStreamBatcher(cfg.live.max_batch, cfg.live.max_wait_ms)
         self._wakeup = threading.Condition()
         self._streams: dict[str, _StreamState] = {}
         self._lock = threading.Lock()
@@ -98,9 +87,9 @@ class LivePipeline:
                 spec,
                 self._wakeup,
                 stall_timeout_s=s.stall_timeout_s,
-                timeout_s=s.timeout_s,
+                timeout_s=self.cfg.source.timeout_s,
                 backoff=Backoff(s.backoff_initial_s, s.backoff_max_s),
-                allow_http=s.allow_http,
+                allow_http=self.cfg.server.allow_http,
             )
             self._streams[spec.id] = _StreamState(stream, make_tracker(self.cfg))
         stream.start()
@@ -185,6 +174,7 @@ class LivePipeline:
         return []
 
     def _infer_loop(self) -> None:
+        lower_thread_priority(self.cfg.live.inference_nice)
         while not self._stopping.is_set():
             batch = self._collect()
             if not batch:
@@ -217,6 +207,37 @@ class LivePipeline:
         return {
             s.spec.id: {"state": str(s.state), "reconnects": s.reconnects} for s in self.streams()
         }
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise this thread's niceness by ``nice`` (Linux: per thread; threads it creates inherit
+    it). A no-op where unsupported."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+
+
+def build_engine_low_priority(cfg: VigilConfig) -> Engine:
+    """Create the Engine on a fresh thread whose niceness is lowered first, so the runtime's
+    worker threads (created with the sessions) inherit the lower priority."""
+    box: dict[str, Any] = {}
+
+    def build() -> None:
+        lower_thread_priority(cfg.live.inference_nice)
+        try:
+            box["engine"] = Engine(cfg)
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=build, name="vigil-engine-init")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    engine: Engine = box["engine"]
+    return engine
 
 
 def live_states() -> list[str]:

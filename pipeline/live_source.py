@@ -103,7 +103,9 @@ class LiveStream:
         """Kill the FFmpeg child if it gave no frame for the stall timeout; True if it did."""
         if self.state not in (StreamState.LIVE, StreamState.CONNECTING):
             return False
-        if now - self._last_progress <= self._stall_timeout:
+        # Connecting includes the probe and FFmpeg's own open, each bounded by the I/O timeout.
+        grace = self._stall_timeout + (self._timeout if self.state is StreamState.CONNECTING else 0)
+        if now - self._last_progress <= grace:
             return False
         self.state = StreamState.STALLED
         self.last_error = f"no frame for {self._stall_timeout:g} s"

@@ -151,9 +151,12 @@ class FFmpegSource:
         if lowered.startswith(("rtsp://", "rtsps://")):
             if rtsp_transport not in ("tcp", "udp"):
                 raise VigilError(f"rtsp transport must be tcp or udp, got {rtsp_transport!r}")
+            # Probe 1 s of stream, not FFmpeg's default 5 s: a camera is live sooner, and many
+            # cameras connecting at once cost less.
             net = [
                 "-protocol_whitelist", PROTOCOLS["rtsp"], "-rtsp_transport", rtsp_transport,
                 "-timeout", str(int(timeout_s * 1e6)),
+                "-analyzeduration", "1000000", "-probesize", "1000000",
             ]  # fmt: skip
             self._input = [*net, "-fflags", "nobuffer", "-i", spec]
             s = _probe([*net, spec], redact(spec), timeout_s + 5)

@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from pipeline.config import VigilConfig, validate_stream
-from pipeline.engine import Engine
-from pipeline.live import LivePipeline, LiveSettings, Published
+from pipeline.live import LivePipeline, Published, build_engine_low_priority
 from pipeline.live_source import LiveStream, StreamSpec
 from pipeline.types import VigilError
 from server.auth import ApiKeys, RateLimiter, digest
@@ -77,26 +76,15 @@ class _Runtime:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         cfg = self.cfg
-        engine = await self.loop.run_in_executor(None, Engine, cfg)
+        engine = await self.loop.run_in_executor(None, build_engine_low_priority, cfg)
         self.hub = Hub(
             cfg.server.ws_queue,
             engine.info.class_names,
             on_sent=self.metrics.latency.observe,
             on_lost=self.metrics.ws_lost.inc,
         )
-        live = cfg.live
-        settings = LiveSettings(
-            max_batch=live.max_batch,
-            max_wait_ms=live.max_wait_ms,
-            stall_timeout_s=live.stall_timeout_s,
-            backoff_initial_s=live.backoff_initial_s,
-            backoff_max_s=live.backoff_max_s,
-            timeout_s=cfg.source.timeout_s,
-            allow_http=cfg.server.allow_http,
-            max_streams=live.max_streams,
-        )
         self.pipeline = LivePipeline(
-            cfg, settings, self.handoff, engine, observe_stage=self.metrics.observe_stage
+            cfg, self.handoff, engine, observe_stage=self.metrics.observe_stage
         )
         for entry in cfg.streams:
             self.pipeline.add_stream(self.spec(entry))

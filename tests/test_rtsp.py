@@ -16,7 +16,7 @@ from tests.conftest import SAMPLE_CLIP
 from tests.serving import free_port, serve
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-SCRIPT = Path(__file__).with_name("rtsp_server.py")
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "rtsp_server.py"
 
 
 def _gst_available() -> bool:

@@ -58,7 +58,7 @@ for i, spec in enumerate(a.mounts):
     )
     f.set_shared(True)
     mounts.add_factory(f"/{name}", f)
-    feeders.append(subprocess.Popen(feeder_cmd(path, port)))
+    feeders.append(subprocess.Popen(feeder_cmd(path, port), stdout=subprocess.DEVNULL))
     print(f"rtsp://127.0.0.1:{a.port}/{name}", flush=True)
 server.attach(None)
 loop = GLib.MainLoop()
