@@ -177,6 +177,7 @@ def test_auth_rate_limit_and_graceful_shutdown(media: Path, tmp_path: Path) -> N
         assert srv.request("DELETE", "/api/streams/t1", key=KEY)[0] == 204
         assert srv.request("POST", "/api/streams", body, key=KEY)[0] == 201
         assert srv.request("DELETE", "/api/streams/t1", key=KEY)[0] == 429  # 4th change in a minute
+        srv.wait_state("t1", "live")  # so both streams have their FFmpeg child running
 
         async def ws_checks() -> int:
             for url in (srv.ws, srv.ws + "?token=wrong-key-0000000000"):
