@@ -203,11 +203,6 @@ class LivePipeline:
                 for name, ms in timings.items():
                     self._observe(name, ms / len(frames))
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            s.spec.id: {"state": str(s.state), "reconnects": s.reconnects} for s in self.streams()
-        }
-
 
 def lower_thread_priority(nice: int) -> None:
     """Raise this thread's niceness by ``nice`` (Linux: per thread; threads it creates inherit

@@ -7,7 +7,7 @@ All containers are struct-of-arrays so every stage works on whole arrays, never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -129,4 +129,3 @@ class FrameResult:
     frame: Frame
     detections: Detections
     tracks: Tracks
-    timings_ms: dict[str, float] = field(default_factory=dict)
