@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,32 +28,8 @@ import websockets
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.serving import free_port, serve  # noqa: E402
-
-
-def make_clip(out: Path) -> Path:
-    clip = out / "cam640.mp4"
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i",
-         str(REPO / "assets/one-by-one-person-detection.mp4"), "-t", "60",
-         "-vf", "scale=640:480", "-r", "10", "-c:v", "libx264", "-preset", "veryfast",
-         "-bf", "0", "-g", "20", "-pix_fmt", "yuv420p", str(clip)],
-        check=True,
-    )  # fmt: skip
-    return clip
-
-
-def start_rtsp(port: int, clip: Path, n: int) -> subprocess.Popen[str]:
-    mounts = [f"cam{i}={clip}" for i in range(n)]
-    proc = subprocess.Popen(
-        ["/usr/bin/python3", str(REPO / "benchmarks/rtsp_server.py"), "--port", str(port),
-         "--rtp-base", str(random.randrange(20000, 40000, 2)), *mounts],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    for _ in range(n):
-        assert proc.stdout.readline().startswith("rtsp://")
-    return proc
+from pipeline.bench_report import make_clip, start_rtsp_server  # noqa: E402
+from tests.serving import serve  # noqa: E402
 
 
 async def read_messages(url: str, seconds: float, warmup: float) -> list[tuple[float, float]]:
@@ -85,15 +59,11 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="vigil-cap-"))
     try:
         clip = make_clip(tmp)
-        port = free_port()
-        rtsp = start_rtsp(port, clip, args.streams)
+        rtsp, urls = start_rtsp_server(clip, args.streams)
         cfg = {
             "server": {"media_root": str(tmp)},
             "tracker": {"embedder": args.embedder},
-            "streams": [
-                {"id": f"cam{i}", "url": f"rtsp://127.0.0.1:{port}/cam{i}", "fps": 10}
-                for i in range(args.streams)
-            ],
+            "streams": [{"id": f"cam{i}", "url": url, "fps": 10} for i, url in enumerate(urls)],
         }
         try:
             with serve(cfg, tmp) as srv:
