@@ -59,7 +59,6 @@ class LivePipeline:
         observe_stage: Callable[[str, float], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.settings = cfg.live
         self.engine = engine or build_engine_low_priority(cfg)
         self._publish = publish
         self._observe = observe_stage
@@ -72,7 +71,6 @@ class LivePipeline:
             threading.Thread(target=self._infer_loop, name="vigil-infer", daemon=True),
             threading.Thread(target=self._watchdog, name="vigil-watchdog", daemon=True),
         ]
-        self.batches = 0
         self.ready = False
 
     # -- streams ------------------------------------------------------------------------
@@ -80,9 +78,9 @@ class LivePipeline:
         with self._lock:
             if spec.id in self._streams:
                 raise VigilError(f"stream {spec.id!r} already exists")
-            if len(self._streams) >= self.settings.max_streams:
-                raise VigilError(f"at most {self.settings.max_streams} streams")
-            s = self.settings
+            s = self.cfg.live
+            if len(self._streams) >= s.max_streams:
+                raise VigilError(f"at most {s.max_streams} streams")
             stream = LiveStream(
                 spec,
                 self._wakeup,
@@ -187,7 +185,6 @@ class LivePipeline:
                 for st, _ in batch:
                     st.stream.last_error = f"inference failed: {e}"
                 continue
-            self.batches += 1
             for (st, frame), d, emb in zip(batch, dets, embeds, strict=True):
                 t0 = time.perf_counter()
                 tracks = st.tracker.update(d, emb, frame.index, frame.pts)

@@ -25,7 +25,7 @@ from pipeline.engine import Engine
 from pipeline.sinks import ReplaySinks
 from pipeline.sources import FFmpegSource
 from pipeline.stats import StageStats
-from pipeline.types import Frame, FrameResult, VigilError
+from pipeline.types import Frame, VigilError
 from trackers.registry import create_tracker
 
 STAGES = ("decode", "preprocess", "infer", "nms", "embed", "track", "encode")
@@ -76,7 +76,6 @@ class Replay:
         cfg: VigilConfig,
         out_dir: Path,
         engine: Engine | None = None,
-        on_frame: Callable[[FrameResult], None] | None = None,
     ) -> None:
         self.source = source
         self.cfg = cfg
@@ -84,7 +83,6 @@ class Replay:
         self.tracker = make_tracker(cfg)
         self.sinks = ReplaySinks(out_dir, source.stream_id)
         self.stats = StageStats(STAGES)
-        self.on_frame = on_frame
         self._stop = threading.Event()
         self._q_frames: queue.Queue[Any] = queue.Queue(cfg.batch.queue_frames)
         self._q_results: queue.Queue[Any] = queue.Queue(cfg.batch.queue_frames)
@@ -155,8 +153,6 @@ class Replay:
                 self.stats.add("track", (t1 - t0) * 1e3)
                 self.stats.add("encode", (t2 - t1) * 1e3)
                 processed += 1
-                if self.on_frame is not None:
-                    self.on_frame(FrameResult(frame, dets, tracks))
                 if progress is not None:
                     progress(1)
         except BaseException:

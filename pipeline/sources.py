@@ -93,6 +93,16 @@ def _fps(stream: dict[str, Any]) -> float:
     return 0.0
 
 
+def _file_flags(realtime: bool, loop: bool) -> list[str]:
+    """FFmpeg input options for a local file or frame list: whitelist, pacing, looping."""
+    flags = ["-protocol_whitelist", PROTOCOLS["file"]]
+    if realtime:
+        flags.append("-re")
+    if loop:
+        flags += ["-stream_loop", "-1"]
+    return flags
+
+
 def list_frames(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -172,11 +182,8 @@ class FFmpegSource:
             listing = Path(self._tmp.name) / "frames.txt"
             quoted = (str(f.resolve()).replace("'", "'\\''") for f in files)
             listing.write_text("".join(f"file '{q}'\n" for q in quoted))
-            pace = ["-re"] if realtime else []
             self._input = [
-                "-protocol_whitelist", PROTOCOLS["file"], *pace,
-                *(["-stream_loop", "-1"] if loop else []),
-                "-f", "concat", "-safe", "0", "-i", str(listing),
+                *_file_flags(realtime, loop), "-f", "concat", "-safe", "0", "-i", str(listing),
             ]  # fmt: skip
             self.info = SourceInfo(
                 "folder",
@@ -193,10 +200,7 @@ class FFmpegSource:
             raise VigilError(f"source is neither a file, a folder nor an rtsp:// URL: {spec}")
         s = _probe([str(path)], str(path), timeout_s)
         count = "" if loop else str(s.get("nb_frames") or "")
-        self._input = [
-            "-protocol_whitelist", PROTOCOLS["file"], *(["-re"] if realtime else []),
-            *(["-stream_loop", "-1"] if loop else []), "-i", str(path),
-        ]  # fmt: skip
+        self._input = [*_file_flags(realtime, loop), "-i", str(path)]
         self.info = SourceInfo(
             "video",
             str(path),

@@ -120,12 +120,3 @@ class Tracks:
 
     def __len__(self) -> int:
         return int(self.xyxy.shape[0])
-
-
-@dataclass(slots=True)
-class FrameResult:
-    """Everything the pipeline knows about one processed frame, handed to the sinks."""
-
-    frame: Frame
-    detections: Detections
-    tracks: Tracks

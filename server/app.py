@@ -111,10 +111,9 @@ class _Runtime:
                 client.wake.set()
             await asyncio.sleep(0.05)
             for client in list(self.hub.clients):
-                closer = getattr(client, "close", None)
-                if closer is not None:
+                if client.close is not None:
                     with contextlib.suppress(Exception):
-                        await closer(CLOSE_GOING_AWAY)
+                        await client.close(CLOSE_GOING_AWAY)
                 self.hub.disconnect(client)
 
 
@@ -251,8 +250,7 @@ def create_app(cfg: VigilConfig) -> FastAPI:
             await socket.close(code=1013)
             return
         await socket.accept()
-        client = hub.connect(socket.send_text)
-        client.close = socket.close  # type: ignore[attr-defined]
+        client = hub.connect(socket.send_text, socket.close)
         sender = asyncio.create_task(hub.sender(client))
         try:
             while True:

@@ -40,6 +40,7 @@ class Client:
 
     send: Callable[[str], Any]  # the socket's send_text coroutine function
     queue_size: int
+    close: Callable[[int], Any] | None = None  # the socket's close(code) coroutine function
     streams: frozenset[str] | None = None
     classes: frozenset[int] | None = None
     queue: deque[tuple[str, float]] = field(init=False)
@@ -99,8 +100,10 @@ class Hub:
         self.latest.pop(stream, None)
 
     # -- per connection -----------------------------------------------------------------------
-    def connect(self, send: Callable[[str], Any]) -> Client:
-        client = Client(send, self.queue_size)
+    def connect(
+        self, send: Callable[[str], Any], close: Callable[[int], Any] | None = None
+    ) -> Client:
+        client = Client(send, self.queue_size, close)
         self.clients.add(client)
         return client
 
