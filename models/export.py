@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.manifest import ModelManifest, atomic_write_bytes
-from models.yolov5 import YOLOv5, build_from_spec
+from models.yolov5 import YOLOv5, build_from_spec, resize_to_state_dict
 from pipeline.types import VigilError
 
 INPUT_NAME = "images"
@@ -47,7 +47,15 @@ def load_weights(manifest_path: Path) -> tuple[YOLOv5, ModelManifest]:
         state = load_file(str(manifest.file_path(manifest_path, "weights")))
     except (OSError, ValueError) as e:
         raise VigilError(f"{manifest_path}: unreadable weights ({e})") from None
-    net.load_state_dict(state, strict=True)
+    if manifest.architecture.get("pruned"):
+        resize_to_state_dict(net, state)  # a pruned model's channel counts live in its weights
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise VigilError(
+            f"{manifest_path}: weights do not match the architecture ({first})"
+        ) from None
     return net.eval(), manifest
 
 

@@ -55,6 +55,11 @@ class ModelManifest:
     input_size: int = 320
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    # Derivation: {"parent": {name, version, weights_sha256}, "pruning": {...},
+    # "distillation": {...}}; empty for a converted checkpoint.
+    lineage: dict[str, Any] = field(default_factory=dict)
+    # Measured by `vigil models report`, per artefact role: {"onnx-int8-320": {"map50_95": ...}}.
+    metrics: dict[str, Any] = field(default_factory=dict)
     schema: int = MANIFEST_SCHEMA
 
     @property

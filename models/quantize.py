@@ -43,6 +43,10 @@ SCOPES = {
     "body": frozenset({"Conv", "Mul", "Sigmoid", "Add", "Concat", "MaxPool", "Resize"}),
 }
 
+# TensorRT's explicit quantization: signed INT8 with zero point 0 everywhere, biases in float
+# (TensorRT does not take INT32 bias Q/DQ; it fuses the float bias into the INT8 convolution).
+TENSORRT_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -73,8 +77,12 @@ def quantize_int8(
     batches: Iterable[np.ndarray],
     method: str = "minmax",
     scope: str = "body",
+    symmetric: bool = False,
 ) -> dict[str, object]:
     """Write the INT8 QDQ model to ``out_path`` (atomically).
+
+    ``symmetric``: signed INT8 activations with zero point 0 (what TensorRT's explicit
+    quantization takes) instead of ONNX Runtime's faster asymmetric UINT8.
 
     Returns calibration facts for the manifest: method, number of images and the sha256 of the
     exact calibration tensors (so a rebuilt model can be traced to its data).
@@ -99,12 +107,15 @@ def quantize_int8(
             str(staged),
             reader,
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
             nodes_to_exclude=exclude,
             calibrate_method=CALIBRATION_METHODS[method],
-            extra_options={"CalibMaxIntermediateOutputs": 64} if method != "minmax" else {},
+            extra_options={
+                **({"CalibMaxIntermediateOutputs": 64} if method != "minmax" else {}),
+                **(TENSORRT_OPTIONS if symmetric else {}),
+            },
         )
         if reader.count == 0:
             raise VigilError("no calibration images were given")
@@ -112,6 +123,7 @@ def quantize_int8(
     return {
         "method": method,
         "scope": scope,
+        "symmetric": symmetric,
         "images": reader.count,
         "sha256": reader.digest.hexdigest(),
     }

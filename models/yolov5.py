@@ -140,6 +140,7 @@ class Detect(nn.Module):
     """Anchor-based head. ``anchors`` buffer: ``(nl, na, 2)`` in grid units (pixels / stride)."""
 
     anchors: torch.Tensor
+    f: list[int]  # indices of the layers it reads (set by the layer-table builder)
 
     def __init__(self, nc: int, anchors: Sequence[Sequence[float]], ch: Sequence[int]) -> None:
         super().__init__()
@@ -150,6 +151,16 @@ class Detect(nn.Module):
         self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
         self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
         self.stride = torch.zeros(self.nl)
+
+    def logits(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Raw head outputs per level, ``(B, na, ny, nx, 5 + nc)`` before the sigmoid (training
+        and distillation targets; the columns are ``tx, ty, tw, th, obj, cls...``)."""
+        out = []
+        for i in range(self.nl):
+            x = self.m[i](xs[i])
+            ny, nx = int(x.shape[2]), int(x.shape[3])
+            out.append(x.view(-1, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2))
+        return out
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         out = []
@@ -209,15 +220,23 @@ class YOLOv5(nn.Module):
         return det
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.detect(self.head_inputs(x))
+
+    def head_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps the Detect layer reads: ``(B, C_i, H/s_i, W/s_i)`` per stride."""
         y: list[Any] = []
         out: Any = x
-        layers: list[Any] = list(self.model)
+        layers: list[Any] = list(self.model)[:-1]
         for m in layers:
             if m.f != -1:  # inputs from earlier layers (an index, or a list for Concat)
                 out = y[m.f] if isinstance(m.f, int) else [out if j == -1 else y[j] for j in m.f]
             out = m(out)
             y.append(out if m.i in self.save else None)
-        return out
+        return [out if j == -1 else y[j] for j in self.detect.f]
+
+    def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Pre-sigmoid head outputs per level (see ``Detect.logits``)."""
+        return self.detect.logits(self.head_inputs(x))
 
     def fuse(self) -> YOLOv5:
         """Fold every BatchNorm into its Conv (inference only); returns self."""
@@ -226,6 +245,40 @@ class YOLOv5(nn.Module):
                 m.conv = fuse_conv_bn(m.conv, m.bn)
                 m.bn = nn.Identity()  # type: ignore[assignment]
         return self
+
+
+def resize_to_state_dict(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Shrink every Conv2d / BatchNorm2d of ``net`` to the shapes stored in ``state``.
+
+    A channel-pruned network keeps the layer table but has fewer channels per layer; its
+    safetensors file alone says how many. Only the channel counts change (kernel, stride,
+    padding, groups are kept), so the forward code needs nothing else.
+    """
+    for name, module in list(net.named_modules()):
+        parent_name, _, attr = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        if isinstance(module, nn.Conv2d):
+            w = state.get(f"{name}.weight")
+            if w is None or tuple(w.shape) == tuple(module.weight.shape):
+                continue
+            c_out, c_in_per_group = int(w.shape[0]), int(w.shape[1])
+            new: nn.Module = nn.Conv2d(
+                c_in_per_group * module.groups,
+                c_out,
+                module.kernel_size,  # type: ignore[arg-type]
+                module.stride,  # type: ignore[arg-type]
+                module.padding,  # type: ignore[arg-type]
+                groups=module.groups,
+                bias=module.bias is not None,
+            )
+        elif isinstance(module, nn.BatchNorm2d):
+            w = state.get(f"{name}.weight")
+            if w is None or int(w.shape[0]) == module.num_features:
+                continue
+            new = nn.BatchNorm2d(int(w.shape[0]), eps=module.eps, momentum=module.momentum)
+        else:
+            continue
+        setattr(parent, attr, new)
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

@@ -49,22 +49,21 @@ def bench_accuracy(cfg: VigilConfig, sequences: list[Path]) -> dict[str, Any]:
     """HOTA / IDF1 / MOTA of Vigil and of the naive loop on MOT sequences (TrackEval)."""
     from pipeline.baselines import naive_loop
     from pipeline.encode import mot_rows
-    from pipeline.engine import Engine
-    from pipeline.mot_eval import load_mot, read_sequence, score_sequences, trackeval_data
-    from pipeline.runner import Replay
-    from pipeline.sources import FFmpegSource
+    from pipeline.mot_eval import (
+        load_mot,
+        read_sequence,
+        replay_sequences,
+        score_sequences,
+        trackeval_data,
+    )
     from pipeline.types import Tracks
 
-    engine = Engine(cfg)
-    vigil, naive = {}, {}
+    naive = {}
     with tempfile.TemporaryDirectory(prefix="vigil-acc-") as tmp:
+        vigil, _ = replay_sequences(cfg, sequences, Path(tmp))
         for seq_dir in sequences:
             seq = read_sequence(seq_dir)
             gt = load_mot(seq.path / "gt" / "gt.txt", keep_zero_conf=False)
-            out = Path(tmp) / seq.name
-            src = FFmpegSource(str(seq.path / "img1"), folder_fps=seq.fps)
-            Replay(src, cfg, out, engine=engine).run()
-            vigil[seq.name] = trackeval_data(gt, load_mot(out / "tracks.txt"), seq.frames, seq.name)
             rows: list[str] = []
 
             def collect(

@@ -73,27 +73,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from pipeline.engine import Engine
-    from pipeline.mot_eval import format_table, load_mot, read_sequence, score_sequences
-    from pipeline.mot_eval import trackeval_data as to_data
-    from pipeline.runner import Replay
-    from pipeline.sources import FFmpegSource
+    from pipeline.mot_eval import format_table, replay_sequences, score_sequences
 
     cfg = _config(args)
-    seqs = [read_sequence(p) for p in args.sequences]
-    engine = Engine(cfg)
-    per_seq, replays = {}, {}
-    for seq in seqs:
-        seq_cfg = replace(cfg, source=replace(cfg.source, folder_fps=seq.fps))
-        source = FFmpegSource(str(seq.path / "img1"), stream_id=seq.name, folder_fps=seq.fps)
-        out = args.out / seq.name
-        with _progress(source.info.frame_count, args.quiet, seq.name) as bar:
-            replays[seq.name] = Replay(source, seq_cfg, out, engine=engine).run(bar.update)
-        gt = load_mot(seq.path / "gt" / "gt.txt", keep_zero_conf=False)
-        tr = load_mot(out / "tracks.txt")
-        per_seq[seq.name] = to_data(gt, tr, max(seq.frames, source.frames_decoded), seq.name)
+    per_seq, replays = replay_sequences(
+        cfg, args.sequences, args.out, progress=lambda n, name: _progress(n, args.quiet, name)
+    )
     table = score_sequences(per_seq)
     print(format_table(table))
     result = {
@@ -150,7 +135,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         p.add_argument("--out", type=Path, required=True, help="output folder")
         p.add_argument("--config", type=Path, help="YAML config (see configs/default.yaml)")
         p.add_argument("--model", help="model manifest (.json) or YOLOv5 ONNX file")
-        p.add_argument("--precision", choices=("int8", "fp32"))
+        p.add_argument("--precision", choices=("int8", "fp32", "int8-qat"))
         p.add_argument("--backend", help="auto, onnxruntime or openvino")
         p.add_argument("--classes", help="comma-separated class names or ids, or 'all'")
         p.add_argument("--batch", type=int, help="frames per detector call")

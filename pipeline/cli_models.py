@@ -4,39 +4,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.model_images import gather_images, letterbox_batches
 from pipeline.types import VigilError
 
-
-def calibration_images(sources: Sequence[str], limit: int) -> list[np.ndarray]:
-    """Up to ``limit`` frames spread evenly over the given videos / frame folders."""
-    from pipeline.sources import FFmpegSource
-
-    if not sources:
-        raise VigilError("INT8 needs calibration frames: pass --calib VIDEO_OR_FOLDER ...")
-    per_source = max(1, limit // len(sources))
-    images: list[np.ndarray] = []
-    for spec in sources:
-        src = FFmpegSource(spec, stream_id="calib")
-        total = src.info.frame_count or per_source * 10
-        step = max(1, total // per_source)
-        kept = [f.image.copy() for f in src.frames() if f.index % step == 0]
-        images.extend(kept[:per_source])
-    if not images:
-        raise VigilError("no calibration frames could be decoded")
-    return images
-
-
-def _batches(images: list[np.ndarray], size: int, batch: int = 8) -> Iterator[np.ndarray]:
-    from pipeline.preprocess import CpuPreprocessor
-
-    pre = CpuPreprocessor(size, batch)
-    for i in range(0, len(images), batch):
-        yield pre(images[i : i + batch])[0]
+CALIB = "INT8 calibration"
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -71,7 +47,7 @@ def export_variants(
         written[f"fp32-{size}"] = fp32
         if calib is not None:
             int8 = out_dir / f"{manifest.name}-{size}-int8.onnx"
-            facts = quantize_int8(fp32, int8, _batches(calib, size), method, scope)
+            facts = quantize_int8(fp32, int8, letterbox_batches(calib, size), method, scope)
             manifest.add_file(f"onnx-int8-{size}", int8, imgsz=size, **facts)
             manifest.calibration = facts
             written[f"int8-{size}"] = int8
@@ -81,7 +57,7 @@ def export_variants(
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    calib = calibration_images(args.calib, args.calib_frames) if args.int8 else None
+    calib = gather_images(args.calib, args.calib_frames, CALIB) if args.int8 else None
     written = export_variants(args.weights, args.imgsz, calib, args.method, args.scope)
     for role, path in written.items():
         print(f"{role}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -102,7 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ]
         built: dict[str, Path] = {}
         if missing:
-            calib = calibration_images(args.calib, args.calib_frames) if args.calib else None
+            calib = gather_images(args.calib, args.calib_frames, CALIB) if args.calib else None
             if "int8" in args.precision and calib is None:
                 raise VigilError("INT8 variants must be built first: pass --calib to build them")
             tmp_manifest = Path(tmp) / args.weights.name
@@ -119,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     else built[f"{prec}-{size}"]
                 )
                 det = create_detector(path, args.backend)
-                r = evaluate_map(det, args.data, limit=args.limit)
+                r = evaluate_map(det, args.data, limit=args.limit, split=args.split)
                 rows.append((prec, size, det.backend, r.map50_95, r.map50, r.images))
                 print(f"{prec:>5} {size:4d} {det.backend:12s} mAP@.5:.95 {r.map50_95:.4f}  "
                       f"mAP@.5 {r.map50:.4f}  ({r.images} images)", flush=True)  # fmt: skip
@@ -140,6 +116,7 @@ def cmd_export_reid(args: argparse.Namespace) -> int:
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     from pipeline.config import DEFAULT_MODEL
+    from pipeline.detection_eval import SPLITS
 
     models = sub.add_parser("models", help="model toolchain").add_subparsers(
         dest="models_command", required=True
@@ -169,7 +146,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--precision", nargs="+", default=["fp32", "int8"])
     ev.add_argument("--backend", default="onnxruntime")
     ev.add_argument("--limit", type=int, default=None, help="first N images only")
+    ev.add_argument("--split", default="all", choices=SPLITS, help="eval: the images the "
+                    "toolchain never tunes on (3 in 4); tune: the rest")  # fmt: skip
     ev.set_defaults(func=cmd_evaluate)
+
+    from pipeline.cli_toolchain import add_toolchain_commands
+
+    add_toolchain_commands(models)
 
     rx = models.add_parser("export-reid", help="export the MobileNetV2 re-id embedder to ONNX")
     rx.add_argument("--out", type=Path, default=DEFAULT_MODEL.parent)

@@ -23,8 +23,9 @@ DEFAULT_REID = PACKAGE_ROOT / "models" / "zoo" / "reid" / "mobilenetv2_reid.onnx
 
 @dataclass(frozen=True)
 class ModelConfig:
-    manifest: str = str(DEFAULT_MODEL)  # a model manifest (.json) or a plain YOLOv5 .onnx
-    precision: str = "int8"  # int8 | fp32
+    manifest: str = str(DEFAULT_MODEL)  # registry name[@version], manifest (.json) or .onnx
+    registry: str = "models/registry"  # the user's model registry (searched before the zoo)
+    precision: str = "int8"  # int8 | fp32 | int8-qat (when the model has one)
     backend: str = "auto"  # auto | onnxruntime | openvino
     threads: int = 2  # intra-op threads of the detector and embedder
     conf_threshold: float = 0.25
@@ -139,7 +140,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "auth.mutations_per_minute": (1, 100000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "model.precision": ("int8", "fp32"),
+    "model.precision": ("int8", "fp32", "int8-qat"),
     "model.backend": ("auto", "onnxruntime", "openvino"),
     "tracker.embedder": ("mobilenet", "histogram"),
     "source.rtsp_transport": ("tcp", "udp"),

@@ -113,6 +113,37 @@ COCO80_TO_91 = [
 ]  # fmt: skip
 
 
+SPLITS = ("all", "eval", "tune")
+
+
+def split_ids(image_ids: list[int], split: str) -> list[int]:
+    """A fixed split of a labelled set: ``tune`` is every 4th image by sorted id (the images
+    the model toolchain may look at: distillation, INT8 calibration), ``eval`` the other three
+    quarters (the images its accuracy is measured on), ``all`` everything."""
+    ids = sorted(image_ids)
+    if split == "all":
+        return ids
+    if split == "tune":
+        return ids[::4]
+    if split == "eval":
+        return [i for k, i in enumerate(ids) if k % 4]
+    raise VigilError(f"unknown split {split!r} (choose {', '.join(SPLITS)})")
+
+
+def tune_images(data: Path) -> list[Path]:
+    """Paths of the ``tune`` split's images of a COCO-layout folder (no pycocotools needed)."""
+    import json
+
+    ann_path, images_root = find_annotations(data)
+    try:
+        images = json.loads(ann_path.read_text())["images"]
+        names = {int(im["id"]): Path(im["file_name"]).name for im in images}
+    except (ValueError, KeyError, TypeError) as e:
+        raise VigilError(f"{ann_path}: not a COCO instances file ({e})") from None
+    by_name = {p.name: p for p in images_root.rglob("*") if p.is_file()}
+    return [by_name[names[i]] for i in split_ids(list(names), "tune") if names[i] in by_name]
+
+
 @dataclass(frozen=True)
 class MapResult:
     map50_95: float
@@ -135,9 +166,13 @@ def find_annotations(data: Path) -> tuple[Path, Path]:
 
 
 def evaluate_map(
-    detector: Detector, data: Path, batch_size: int = 8, limit: int | None = None
+    detector: Detector,
+    data: Path,
+    batch_size: int = 8,
+    limit: int | None = None,
+    split: str = "all",
 ) -> MapResult:
-    """mAP@.5:.95 and mAP@.5 of ``detector`` (its own input size) on ``data``."""
+    """mAP@.5:.95 and mAP@.5 of ``detector`` (its own input size) on ``data`` (one split)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -145,7 +180,7 @@ def evaluate_map(
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(ann_path))
     by_name = {p.name: p for p in images_root.rglob("*") if p.is_file()}
-    image_ids = sorted(gt.getImgIds())[:limit]
+    image_ids = split_ids(gt.getImgIds(), split)[:limit]
     pre = CpuPreprocessor(detector.input_size, batch_size)
     rows: list[np.ndarray] = []
     for start in range(0, len(image_ids), batch_size):

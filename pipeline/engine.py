@@ -38,7 +38,12 @@ class ModelInfo:
 
 def resolve_model(cfg: VigilConfig) -> tuple[Path, ModelManifest | None]:
     """The ONNX file to run and its manifest (None for a bare ``.onnx``)."""
-    spec = resolve_path(cfg.model.manifest)
+    from models.registry import is_reference, resolve
+
+    if is_reference(cfg.model.manifest):
+        spec = resolve(cfg.model.manifest, resolve_path(cfg.model.registry))
+    else:
+        spec = resolve_path(cfg.model.manifest)
     if spec.suffix == ".onnx":
         if not spec.is_file():
             raise VigilError(f"model file not found: {spec}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,41 @@ def trackeval_data(gt: np.ndarray, tr: np.ndarray, num_frames: int, seq: str) ->
             _BaseDataset._calculate_box_ious(gt[g, 2:6], tr[k, 2:6], box_format="xywh")
         )
     return data
+
+
+def replay_sequences(
+    cfg: Any,
+    paths: list[Path],
+    out_root: Path,
+    engine: Any = None,
+    progress: Callable[[int | None, str], Any] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Replay each sequence (``tracks.txt`` under ``out_root/<name>/``) with ``cfg`` and one
+    shared engine; returns TrackEval data per sequence and each replay's summary.
+    ``progress(total_frames, name)`` may return a context manager with an ``update`` method."""
+    from dataclasses import replace
+
+    from pipeline.engine import Engine
+    from pipeline.runner import Replay
+    from pipeline.sources import FFmpegSource
+
+    seqs = [read_sequence(p) for p in paths]
+    engine = engine or Engine(cfg)
+    per_seq, replays = {}, {}
+    for seq in seqs:
+        seq_cfg = replace(cfg, source=replace(cfg.source, folder_fps=seq.fps))
+        source = FFmpegSource(str(seq.path / "img1"), stream_id=seq.name, folder_fps=seq.fps)
+        out = out_root / seq.name
+        replay = Replay(source, seq_cfg, out, engine=engine)
+        if progress is None:
+            replays[seq.name] = replay.run()
+        else:
+            with progress(source.info.frame_count, seq.name) as bar:
+                replays[seq.name] = replay.run(bar.update)
+        gt = load_mot(seq.path / "gt" / "gt.txt", keep_zero_conf=False)
+        tr = load_mot(out / "tracks.txt")
+        per_seq[seq.name] = trackeval_data(gt, tr, max(seq.frames, source.frames_decoded), seq.name)
+    return per_seq, replays
 
 
 def score_sequences(per_seq: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:

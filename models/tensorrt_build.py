@@ -1,0 +1,168 @@
+"""Build a TensorRT 10 engine from a Vigil YOLOv5 ONNX (lazy import: needs the ``tensorrt`` extra
+and an NVIDIA GPU; everything that prepares the ONNX is in ``models.trt_prep`` and runs anywhere).
+
+- One optimization profile over the dynamic batch (``trt_prep.profile_shapes``).
+- ``fp16``: FP16 kernels allowed. ``int8``: a QDQ ONNX (symmetric INT8) is built as is
+  (explicit quantization); an FP32 ONNX is calibrated by the entropy calibrator on letterboxed
+  frames, with its calibration cache kept beside the engine cache (keyed by model sha256 and the
+  calibration images' digest) so a rebuild skips calibration.
+- A timing cache (``timing.cache``) is loaded and saved across builds.
+- The engine cache: ``<cache>/<model>-<key>.engine`` with ``key`` = sha256 of GPU name, compute
+  capability, TensorRT version, model sha256, precision, max batch and input size. An engine that
+  exists for the key is reused; a new one is written to a temporary name, then renamed.
+
+Verified here (no GPU, no TensorRT on the development machines): everything up to the
+``import tensorrt`` line, by the tests of ``trt_prep`` and of the cache key. The builder code
+below follows the TensorRT 10 Python API and has not been run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.manifest import atomic_write_bytes, sha256_file
+from models.trt_prep import prepare, profile_shapes
+from pipeline.types import VigilError
+
+PRECISIONS = ("fp16", "int8")
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    gpu: str
+    compute_capability: str
+    tensorrt: str
+    model_sha256: str
+    precision: str
+    max_batch: int
+    imgsz: int
+
+    def digest(self) -> str:
+        text = json.dumps(self.__dict__, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def engine_path(cache: Path, model_name: str, key: EngineKey) -> Path:
+    return cache / f"{model_name}-{key.precision}-b{key.max_batch}-{key.digest()}.engine"
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise VigilError(
+            "TensorRT is not installed: `pip install .[tensorrt]` on a machine with an NVIDIA "
+            "GPU (TensorRT 10)"
+        ) from None
+    return trt
+
+
+def _gpu() -> tuple[str, str]:
+    """(device name, compute capability) of GPU 0, through torch's CUDA runtime."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise VigilError("no CUDA GPU visible: TensorRT engines are built on the GPU they run on")
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+
+
+def _entropy_calibrator(
+    trt: Any, batches: Iterable[np.ndarray], batch_size: int, cache_file: Path
+) -> Any:
+    """An ``IInt8EntropyCalibrator2`` feeding ``(B, 3, S, S) float32`` batches from the host
+    through one device buffer (a CUDA torch tensor); its cache is ``cache_file``."""
+    import torch
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = iter(batches)
+            self.device: torch.Tensor | None = None
+
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            batch = next(self.batches, None)
+            if batch is None:
+                return None
+            if batch.shape[0] != batch_size:  # the last, short batch: pad by repetition
+                reps = -(-batch_size // batch.shape[0])
+                batch = np.concatenate([batch] * reps)[:batch_size]
+            self.device = torch.from_numpy(np.ascontiguousarray(batch)).cuda()
+            return [int(self.device.data_ptr())]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_file.read_bytes() if cache_file.is_file() else None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            atomic_write_bytes(cache_file, bytes(cache))
+
+    return Calibrator()
+
+
+def build_engine(
+    onnx_path: Path,
+    model_name: str,
+    precision: str,
+    max_batch: int,
+    cache: Path,
+    calibration: Iterable[np.ndarray] | None = None,
+    calibration_digest: str = "",
+    workspace_gib: float = 4.0,
+) -> tuple[Path, bool]:
+    """The engine file for ``onnx_path`` (built unless cached); returns (path, built_now)."""
+    if precision not in PRECISIONS:
+        raise VigilError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    cache.mkdir(parents=True, exist_ok=True)
+    prepared = cache / f".{model_name}.trt-input.onnx"
+    facts = prepare(onnx_path, prepared)  # refuses a non-YOLOv5 or TensorRT-unfit graph here
+    shapes = profile_shapes(facts.imgsz, max_batch)
+    if precision == "int8" and not facts.quantized and calibration is None:
+        raise VigilError("INT8 from an FP32 ONNX needs calibration images (--calib)")
+    trt = _import_tensorrt()
+    gpu, cc = _gpu()
+    key = EngineKey(
+        gpu, cc, trt.__version__, sha256_file(onnx_path), precision, max_batch, facts.imgsz
+    )
+    out = engine_path(cache, model_name, key)
+    if out.is_file():
+        return out, False
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(prepared.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise VigilError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, *shapes)
+    config.add_optimization_profile(profile)
+    timing_file = cache / "timing.cache"
+    timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
+    config.set_flag(trt.BuilderFlag.FP16)  # layers left in float run in FP16 in both modes
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        if not facts.quantized:
+            assert calibration is not None
+            calib_file = cache / f"{key.model_sha256[:16]}-{calibration_digest[:16]}.calib"
+            config.int8_calibrator = _entropy_calibrator(trt, calibration, shapes[1][0], calib_file)
+            config.set_calibration_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise VigilError(f"TensorRT failed to build an engine from {onnx_path.name} (see log)")
+    atomic_write_bytes(timing_file, bytes(config.get_timing_cache().serialize()))
+    atomic_write_bytes(out, bytes(serialized))
+    prepared.unlink(missing_ok=True)
+    return out, True
