@@ -327,8 +327,8 @@ def _loop(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 10.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step + 1, {"loss": float(loss), **parts})
+            progress(step + 1, {"loss": losses[-1], **parts})
         if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps:
             save_checkpoint(checkpoint, student, opt, step + 1)

@@ -293,10 +293,11 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         bias=True,
     ).requires_grad_(False)
     assert bn.running_var is not None and bn.running_mean is not None
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((conv_bias - bn.running_mean) * scale + bn.bias)  # type: ignore[union-attr]
+    with torch.no_grad():  # the fused parameters are new leaves, not functions of the old ones
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_((conv_bias - bn.running_mean) * scale + bn.bias)  # type: ignore[union-attr]
     return fused
 
 

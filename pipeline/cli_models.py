@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli_toolchain import model_manifest
 from pipeline.model_images import gather_images, letterbox_batches
 from pipeline.types import VigilError
 
@@ -58,7 +59,8 @@ def export_variants(
 
 def cmd_export(args: argparse.Namespace) -> int:
     calib = gather_images(args.calib, args.calib_frames, CALIB) if args.int8 else None
-    written = export_variants(args.weights, args.imgsz, calib, args.method, args.scope)
+    weights = model_manifest(args.weights, args.registry)
+    written = export_variants(weights, args.imgsz, calib, args.method, args.scope)
     for role, path in written.items():
         print(f"{role}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -70,7 +72,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.detection_eval import evaluate_map, find_annotations
 
     find_annotations(args.data)
-    manifest = ModelManifest.load(args.weights)
+    weights = model_manifest(args.weights, args.registry)
+    manifest = ModelManifest.load(weights)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vigil-eval-") as tmp:
         missing = [
@@ -81,16 +84,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             calib = gather_images(args.calib, args.calib_frames, CALIB) if args.calib else None
             if "int8" in args.precision and calib is None:
                 raise VigilError("INT8 variants must be built first: pass --calib to build them")
-            tmp_manifest = Path(tmp) / args.weights.name
-            tmp_manifest.write_text(args.weights.read_text())
-            weights = manifest.file_path(args.weights, "weights")
-            (Path(tmp) / weights.name).symlink_to(weights.resolve())
+            tmp_manifest = Path(tmp) / weights.name
+            tmp_manifest.write_text(weights.read_text())
+            safetensors = manifest.file_path(weights, "weights")
+            (Path(tmp) / safetensors.name).symlink_to(safetensors.resolve())
             built = export_variants(tmp_manifest, sorted(set(missing)), calib, out_dir=Path(tmp))
         for size in args.imgsz:
             for prec in args.precision:
                 role = f"onnx-{prec}-{size}"
                 path = (
-                    manifest.file_path(args.weights, role)
+                    manifest.file_path(weights, role)
                     if role in manifest.files
                     else built[f"{prec}-{size}"]
                 )
@@ -115,7 +118,7 @@ def cmd_export_reid(args: argparse.Namespace) -> int:
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
-    from pipeline.config import DEFAULT_MODEL
+    from pipeline.config import DEFAULT_MODEL, PACKAGE_ROOT
     from pipeline.detection_eval import SPLITS
 
     models = sub.add_parser("models", help="model toolchain").add_subparsers(
@@ -128,7 +131,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     cv.set_defaults(func=cmd_convert)
 
     def weights_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--weights", type=Path, default=DEFAULT_MODEL, help="model manifest")
+        p.add_argument("--weights", default=str(DEFAULT_MODEL), help="registry name or manifest")
+        p.add_argument("--registry", type=Path, default=PACKAGE_ROOT / "models" / "registry")
         p.add_argument("--imgsz", type=int, nargs="+", default=[320])
         p.add_argument("--calib", nargs="*", default=[], help="videos/folders for INT8")
         p.add_argument("--calib-frames", type=int, default=128)

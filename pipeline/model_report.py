@@ -112,14 +112,8 @@ def measure_accuracy(
             v.metrics["map50"] = round(r.map50, 4)
             v.metrics["map_images"] = r.images
         if sequences:
-            vcfg = replace(
-                cfg,
-                model=replace(
-                    cfg.model, manifest=str(v.manifest_path), precision=v.precision.split("-")[0]
-                ),
-            )
-            if v.precision == "int8-qat":
-                vcfg = replace(vcfg, model=replace(vcfg.model, manifest=str(v.onnx)))
+            model = replace(cfg.model, manifest=str(v.manifest_path), precision=v.precision)
+            vcfg = replace(cfg, model=model)
             with tempfile.TemporaryDirectory(prefix="vigil-report-") as tmp:
                 per_seq, _ = replay_sequences(vcfg, sequences, Path(tmp))
             table = score_sequences(per_seq)

@@ -237,7 +237,11 @@ def quantize_model(
             t0 = time.perf_counter()
             out = Path(tmp) / f"{method}.onnx"
             batches = letterbox_batches(images, imgsz)
-            facts = quantize_int8(fp32, out, batches, method, scope, symmetric=for_tensorrt)
+            try:
+                facts = quantize_int8(fp32, out, batches, method, scope, symmetric=for_tensorrt)
+            except VigilError as e:
+                print(f"calibration {method:10s} skipped: {e}")
+                continue
             score = (float("nan"), float("nan"))
             if data is not None:
                 r = evaluate_map(create_detector(out, "onnxruntime"), data, split="eval")
@@ -246,7 +250,8 @@ def quantize_model(
             print(f"calibration {method:10s} mAP@.5:.95 {score[0]:.4f}  mAP@.5 {score[1]:.4f}")
             if best is None or score > best[0]:
                 best = (score, out, facts)
-        assert best is not None
+        if best is None:
+            raise VigilError(f"every calibration method failed ({', '.join(methods)})")
         kind = "int8-trt" if for_tensorrt else "int8"
         target = manifest_path.parent / f"{manifest.name}-{imgsz}-{kind}.onnx"
         atomic_write_bytes(target, best[1].read_bytes())

@@ -57,6 +57,7 @@ class _Runtime:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.stopped = False
+        self.model: dict[str, str] = {}
 
     def handoff(self, msg: Published) -> None:
         """Called from the inference thread: schedule delivery on the loop, never block."""
@@ -77,6 +78,12 @@ class _Runtime:
         self.loop = asyncio.get_running_loop()
         cfg = self.cfg
         engine = await self.loop.run_in_executor(None, build_engine_low_priority, cfg)
+        m = engine.info
+        self.model = {"name": m.name, "version": m.version, "precision": m.precision,
+                      "backend": m.backend, "file": m.file, "sha256": m.sha256}  # fmt: skip
+        self.metrics.model.info(self.model)
+        print(f"model {m.name} {m.version} ({m.precision}, {m.backend}, {m.file}, "
+              f"sha256 {m.sha256[:12]})", flush=True)  # fmt: skip
         self.hub = Hub(
             cfg.server.ws_queue,
             engine.info.class_names,
@@ -196,7 +203,7 @@ def create_app(cfg: VigilConfig) -> FastAPI:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         ok = rt.pipeline is not None and rt.pipeline.ready and not rt.stopped
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, "model": rt.model}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

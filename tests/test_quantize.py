@@ -9,6 +9,7 @@ import pytest
 from models.export import export_onnx
 from models.quantize import quantize_int8
 from models.yolov5 import YOLOv5
+from pipeline.config import DEFAULT_MODEL
 from pipeline.types import VigilError
 
 
@@ -64,3 +65,27 @@ def test_bad_arguments(fp32: Path, tmp_path: Path) -> None:
         quantize_int8(fp32, tmp_path / "x.onnx", iter([]), "median")
     with pytest.raises(VigilError, match="unknown quantization scope"):
         quantize_int8(fp32, tmp_path / "x.onnx", iter([]), "minmax", "all")
+
+
+def test_the_three_calibration_methods_choose_different_ranges(tmp_path: Path) -> None:
+    # ONNX Runtime's entropy calibrator defaults to as many histogram bins as quantized bins,
+    # which makes it min-max; ours searches a 2048-bin histogram (models.quantize)
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(1)
+    batches = [rng.uniform(0, 1, (2, 3, 320, 320)).astype(np.float32) for _ in range(2)]
+    zoo = DEFAULT_MODEL.parent / "yolov5n-320.onnx"
+    scales = {}
+    for method in ("minmax", "entropy", "percentile"):
+        out = tmp_path / f"{method}.onnx"
+        quantize_int8(zoo, out, iter(batches), method, "body")
+        scales[method] = {
+            t.name: numpy_helper.to_array(t)
+            for t in onnx.load(str(out)).graph.initializer
+            if t.name.endswith("_scale") and "Conv_output" in t.name
+        }
+    for other in ("entropy", "percentile"):
+        differ = [
+            k for k in scales["minmax"] if not np.allclose(scales["minmax"][k], scales[other][k])
+        ]
+        assert len(differ) > len(scales["minmax"]) // 2, other

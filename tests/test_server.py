@@ -140,6 +140,10 @@ def test_websocket_subscribe_snapshot_malformed_and_metrics(shared_server: Serve
     count = [ln for ln in text.splitlines() if ln.startswith("vigil_frame_to_send_seconds_count")]
     assert count and float(count[0].split()[-1]) >= 20
     assert "vigil_stage_seconds_bucket" in text and "rtsp://" not in text
+    info = [ln for ln in text.splitlines() if ln.startswith("vigil_model_info{")]
+    assert info and 'name="yolov5n"' in info[0] and 'precision="int8"' in info[0]
+    ready = srv.request("GET", "/readyz")[1]
+    assert ready["model"]["name"] == "yolov5n" and len(ready["model"]["sha256"]) == 64
 
 
 def test_stalled_client_does_not_slow_the_others(shared_server: Server) -> None:

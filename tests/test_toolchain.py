@@ -226,3 +226,18 @@ def test_report_table_plot_and_manifest_metrics(tmp_path: Path) -> None:
     assert (out / "accuracy_latency.png").stat().st_size > 1000
     m = ModelManifest.load(mine)
     assert m.metrics["onnx-int8-320"]["map50_95"] == int8["map50_95"]
+
+
+def test_qat_adds_an_int8_qat_variant(tmp_path: Path) -> None:
+    from pipeline.toolchain import qat_model
+
+    weights = _tiny_registry(tmp_path)
+    out = qat_model(weights, _images(), None, SIZE, 2, progress=False)
+    m = ModelManifest.load(weights)
+    entry = m.files["onnx-int8-qat-96"]
+    assert out == weights.parent / entry["path"] and entry["qat"]["steps"] == 2
+    assert entry["method"] == "minmax"  # the manifest had no PTQ choice to follow
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
