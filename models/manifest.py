@@ -68,7 +68,7 @@ class ModelManifest:
 
     def add_file(self, role: str, path: Path, **extra: Any) -> None:
         """Record an artefact (path relative to the manifest's folder) and its sha256."""
-        self.files[role] = {"path": path.name, "sha256": sha256_file(path), **extra}
+        self.files[role] = {**extra, "path": path.name, "sha256": sha256_file(path)}
 
     def save(self, path: Path) -> None:
         atomic_write_bytes(path, (json.dumps(asdict(self), indent=1) + "\n").encode())

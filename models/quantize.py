@@ -166,7 +166,7 @@ def quantize_int8(
         "scope": scope,
         "symmetric": symmetric,
         "images": reader.count,
-        "sha256": reader.digest.hexdigest(),
+        "data_sha256": reader.digest.hexdigest(),
     }
 
 

@@ -119,7 +119,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         for v in variants
     ]
     (args.out / "report.json").write_text(json.dumps(rows, indent=1) + "\n")
-    key = f"{backends[0]} b8"
+    default = "onnxruntime" if "onnxruntime" in backends else backends[0]
+    key = f"{default} b8"
     if args.data is not None:
         mr.plot(variants, args.out / "accuracy_latency.png", key)
     print(mr.terminal(variants))

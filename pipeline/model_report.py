@@ -179,11 +179,11 @@ def plot(variants: list[Variant], out: Path, latency_key: str) -> None:
 
     batch = int(latency_key.rsplit("b", 1)[1])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in variants:
+    for i, v in enumerate(variants):
         x = v.metrics["latency_ms"][latency_key] / batch
         y = v.metrics.get("map50_95", float("nan"))
-        ax.plot(x, y, "o")
-        ax.annotate(v.label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.plot(x, y, "os^Dv<>p*h"[i % 10], markersize=8, label=v.label)
+    ax.legend(fontsize=8, loc="center right")
     ax.set(
         xlabel=f"ms per image ({latency_key})",
         ylabel="mAP@.5:.95 (coco eval split)",

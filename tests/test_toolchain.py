@@ -241,3 +241,20 @@ def test_qat_adds_an_int8_qat_variant(tmp_path: Path) -> None:
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+
+
+def test_every_bundled_file_matches_its_manifest_sha256() -> None:
+    for manifest in (DEFAULT_MODEL.parent.parent).glob("*/*.json"):
+        m = ModelManifest.load(manifest)
+        assert m.files, manifest
+        for role, entry in m.files.items():
+            assert sha256_file(manifest.parent / entry["path"]) == entry["sha256"], role
+
+
+def test_models_list_shows_user_entries_and_the_zoo(tmp_path: Path) -> None:
+    _copy_zoo(tmp_path)
+    r = vigil("models", "list", "--registry", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
+    assert rows["mine"][1] == "1.1.0" and rows["mine"][2] == "yolov5n@1.0.0"
+    assert rows["yolov5n"][2] == "-"
