@@ -1,5 +1,5 @@
-"""Model toolchain steps that produce registry entries: prune + distill, INT8 with a measured
-choice of calibration.
+"""Model toolchain steps that produce registry entries: prune + reconstruct + distill, INT8 with
+a measured choice of calibration, quantization-aware training.
 
 Each step reads a model manifest and writes a new folder ``<out>/<name>/`` (weights, ONNX,
 manifest). Files are written to temporary names and renamed, and the manifest last, so a
@@ -14,9 +14,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,8 +25,11 @@ from models.manifest import ModelManifest, atomic_write_bytes
 from pipeline.model_images import images_digest, letterbox_batches
 from pipeline.types import VigilError
 
+if TYPE_CHECKING:
+    from models.distill import DistillSettings
 
-def _progress_bar(total: int, start: int, desc: str):  # type: ignore[no-untyped-def]
+
+def _progress_bar(total: int, start: int, desc: str) -> Callable[[int, dict[str, float]], None]:
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
@@ -56,11 +60,12 @@ def prune_model(
     images: Sequence[np.ndarray],
     out_root: Path,
     name: str | None = None,
-    settings: object | None = None,
+    settings: DistillSettings | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Prune ``weights``' network by ``ratio``, distill it back on ``images``, write
+    """Prune ``weights``' network by ``ratio``, refit every convolution by least squares
+    (``models.reconstruct``), distill it back on ``images``, write
     ``<out_root>/<name>/`` with weights, FP32 ONNX at ``settings.imgsz`` and the manifest.
 
     The distillation checkpoint lives in ``<out_root>/.<name>.distill.safetensors``;
@@ -80,7 +85,7 @@ def prune_model(
     from models.yolov5 import resize_to_state_dict
 
     check_ratio(ratio)
-    s = settings if isinstance(settings, DistillSettings) else DistillSettings()
+    s = settings or DistillSettings()
     teacher, parent = load_weights(weights)
     name = name or f"{parent.name}-p{round(ratio * 100)}"
     out_root.mkdir(parents=True, exist_ok=True)
