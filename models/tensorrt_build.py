@@ -2,6 +2,8 @@
 and an NVIDIA GPU; everything that prepares the ONNX is in ``models.trt_prep`` and runs anywhere).
 
 - One optimization profile over the dynamic batch (``trt_prep.profile_shapes``).
+- Device memory and the GPU's name come from cuda-python's runtime bindings (the ``tensorrt``
+  extra installs both), so no CUDA build of torch is needed.
 - ``fp16``: FP16 kernels allowed. ``int8``: a QDQ ONNX (symmetric INT8) is built as is
   (explicit quantization); an FP32 ONNX is calibrated by the entropy calibrator on letterboxed
   frames, with its calibration cache kept beside the engine cache (keyed by model sha256 and the
@@ -64,47 +66,71 @@ def _import_tensorrt() -> Any:
     return trt
 
 
-def _gpu() -> tuple[str, str]:
-    """(device name, compute capability) of GPU 0, through torch's CUDA runtime."""
-    import torch
+def _cudart() -> Any:
+    """CUDA runtime bindings from cuda-python (no CUDA torch needed)."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            raise VigilError(
+                "cuda-python is not installed: `pip install .[tensorrt]` on the GPU machine"
+            ) from None
+    return cudart
 
-    if not torch.cuda.is_available():
-        raise VigilError("no CUDA GPU visible: TensorRT engines are built on the GPU they run on")
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+
+def _ok(result: Any) -> Any:
+    """cuda-python returns ``(error, value...)``: raise on an error, return the value."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(getattr(err, "value", err)) != 0:  # cudaError_t is an enum; 0 is cudaSuccess
+        raise VigilError(f"CUDA runtime error {err}")
+    return values[0] if values else None
+
+
+def _gpu(cudart: Any) -> tuple[str, str]:
+    """(device name, compute capability) of GPU 0."""
+    props = _ok(cudart.cudaGetDeviceProperties(0))
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.rstrip("\x00"), f"{props.major}.{props.minor}"
 
 
 def _entropy_calibrator(
-    trt: Any, batches: Iterable[np.ndarray], batch_size: int, cache_file: Path
+    trt: Any, cudart: Any, batches: Iterable[np.ndarray], shape: tuple[int, ...], cache_file: Path
 ) -> Any:
-    """An ``IInt8EntropyCalibrator2`` feeding ``(B, 3, S, S) float32`` batches from the host
-    through one device buffer (a CUDA torch tensor); its cache is ``cache_file``."""
-    import torch
+    """An ``IInt8EntropyCalibrator2`` feeding ``(B, 3, S, S) float32`` batches (``shape``) from
+    the host through one device buffer; its cache is ``cache_file``."""
+    nbytes = int(np.prod(shape)) * 4
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches = iter(batches)
-            self.device: torch.Tensor | None = None
+            self.device = _ok(cudart.cudaMalloc(nbytes))
 
         def get_batch_size(self) -> int:
-            return batch_size
+            return shape[0]
 
         def get_batch(self, names: list[str]) -> list[int] | None:
             batch = next(self.batches, None)
             if batch is None:
                 return None
-            if batch.shape[0] != batch_size:  # the last, short batch: pad by repetition
-                reps = -(-batch_size // batch.shape[0])
-                batch = np.concatenate([batch] * reps)[:batch_size]
-            self.device = torch.from_numpy(np.ascontiguousarray(batch)).cuda()
-            return [int(self.device.data_ptr())]
+            if batch.shape[0] != shape[0]:  # the last, short batch: pad by repetition
+                reps = -(-shape[0] // batch.shape[0])
+                batch = np.concatenate([batch] * reps)[: shape[0]]
+            host = np.ascontiguousarray(batch, dtype=np.float32)
+            kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            _ok(cudart.cudaMemcpy(self.device, host.ctypes.data, nbytes, kind))
+            return [int(self.device)]
 
         def read_calibration_cache(self) -> bytes | None:
             return cache_file.read_bytes() if cache_file.is_file() else None
 
         def write_calibration_cache(self, cache: Any) -> None:
             atomic_write_bytes(cache_file, bytes(cache))
+
+        def free(self) -> None:
+            _ok(cudart.cudaFree(self.device))
 
     return Calibrator()
 
@@ -129,7 +155,8 @@ def build_engine(
     if precision == "int8" and not facts.quantized and calibration is None:
         raise VigilError("INT8 from an FP32 ONNX needs calibration images (--calib)")
     trt = _import_tensorrt()
-    gpu, cc = _gpu()
+    cudart = _cudart()
+    gpu, cc = _gpu(cudart)
     key = EngineKey(
         gpu, cc, trt.__version__, sha256_file(onnx_path), precision, max_batch, facts.imgsz
     )
@@ -152,14 +179,20 @@ def build_engine(
     timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
     config.set_flag(trt.BuilderFlag.FP16)  # layers left in float run in FP16 in both modes
+    calibrator = None
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         if not facts.quantized:
             assert calibration is not None
             calib_file = cache / f"{key.model_sha256[:16]}-{calibration_digest[:16]}.calib"
-            config.int8_calibrator = _entropy_calibrator(trt, calibration, shapes[1][0], calib_file)
+            calibrator = _entropy_calibrator(trt, cudart, calibration, shapes[1], calib_file)
+            config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:
+            calibrator.free()
     if serialized is None:
         raise VigilError(f"TensorRT failed to build an engine from {onnx_path.name} (see log)")
     atomic_write_bytes(timing_file, bytes(config.get_timing_cache().serialize()))

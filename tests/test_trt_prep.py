@@ -113,3 +113,17 @@ def test_build_engine_checks_before_needing_tensorrt(tiny: Path, tmp_path: Path)
     except ImportError:
         with pytest.raises(VigilError, match="TensorRT is not installed"):
             build_engine(tiny, "t", "fp16", 8, tmp_path)
+
+
+def test_cuda_runtime_results_are_checked() -> None:
+    import enum
+
+    from models.tensorrt_build import _ok
+
+    class Err(enum.Enum):  # cuda-python's cudaError_t is an enum; 0 is cudaSuccess
+        success = 0
+        oom = 2
+
+    assert _ok((Err.success, 1234)) == 1234 and _ok((Err.success,)) is None
+    with pytest.raises(VigilError, match="CUDA runtime error"):
+        _ok((Err.oom, 0))
