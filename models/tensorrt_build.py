@@ -83,7 +83,8 @@ def _cudart() -> Any:
 def _ok(result: Any) -> Any:
     """cuda-python returns ``(error, value...)``: raise on an error, return the value."""
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(getattr(err, "value", err)) != 0:  # cudaError_t is an enum; 0 is cudaSuccess
+    code: int = int(err.value if hasattr(err, "value") else err)  # cudaError_t: an enum
+    if code != 0:  # cudaSuccess
         raise VigilError(f"CUDA runtime error {err}")
     return values[0] if values else None
 
