@@ -31,6 +31,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     check_ratio(args.ratio)
     if args.steps < 1 or args.batch < 1:
         raise VigilError("--steps and --batch must be at least 1")
+    if not args.lr > 0:
+        raise VigilError(f"--lr must be positive, got {args.lr}")
+    if args.imgsz % 32 or not 64 <= args.imgsz <= 1920:  # checked now, not after the training
+        raise VigilError(f"--imgsz must be a multiple of 32 in [64, 1920], got {args.imgsz}")
     weights = model_manifest(args.weights, args.registry)
     images = gather_images(args.images, args.max_images, "distillation")
     settings = DistillSettings(steps=args.steps, batch=args.batch, lr=args.lr, imgsz=args.imgsz)

@@ -71,6 +71,10 @@ def test_the_engine_runs_a_registry_entry_by_name(tmp_path: Path) -> None:
         (["models", "prune", "--ratio", "0", "--images", str(SAMPLE_CLIP)], "--ratio must be in"),
         (["models", "prune", "--ratio", "0.95", "--images", "x"], "--ratio must be in"),
         (["models", "prune", "--ratio", "0.3", "--images", "/no/such"], "source not found"),
+        (
+            ["models", "prune", "--ratio", "0.3", "--imgsz", "300", "--images", str(SAMPLE_CLIP)],
+            "--imgsz must be a multiple of 32",
+        ),
         (["models", "quantize", "--calib", "/no/such/dir"], "calibration source not found"),
         (["models", "quantize", "--weights", "nope", "--calib", "x"], "no model named 'nope'"),
         (
