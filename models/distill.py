@@ -162,7 +162,10 @@ class _Features:
 
         return hook
 
-    def close(self) -> None:
+    def __enter__(self) -> _Features:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         for h in self.handles:
             h.remove()
 
@@ -275,17 +278,33 @@ def distill(
     opt = _optimizer(student, settings)
     if resume is not None:
         opt.load_state_dict(resume)
-    use_hints = bool(hints) and settings.feature_weight > 0
-    names = [n for n, _ in hints] if use_hints else []
-    s_feats, t_feats = _Features(student, names), _Features(teacher, names)
+    hints = hints if settings.feature_weight > 0 else ()
+    names = [n for n, _ in hints]
     t0 = time.perf_counter()
     losses: list[float] = []
-    try:
-        _loop(student, teacher, images, settings, checkpoint, opt, start_step, progress,
-              hints if use_hints else (), s_feats, t_feats, losses)  # fmt: skip
-    finally:
-        s_feats.close()
-        t_feats.close()
+    with _Features(student, names) as s_feats, _Features(teacher, names) as t_feats:
+        for step in range(start_step, settings.steps):
+            for group in opt.param_groups:
+                group["lr"] = settings.lr * _lr_factor(step, settings)
+            x = make_batch(images, settings, step).float()
+            with torch.no_grad():
+                target = teacher.raw(x)
+            loss, parts = distill_loss(student.raw(x), target)
+            if hints:
+                feat = feature_loss(hints, s_feats.out, t_feats.out)
+                loss = loss + settings.feature_weight * feat
+                parts["feat"] = float(feat.detach())
+            if not torch.isfinite(loss):
+                raise VigilError(f"distillation diverged at step {step} (loss {float(loss)})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 10.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step + 1, {"loss": losses[-1], **parts})
+            if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps:
+                save_checkpoint(checkpoint, student, opt, step + 1)
     student.eval()
     tail = losses[-20:] or [float("nan")]
     return DistillResult(
@@ -294,41 +313,3 @@ def distill(
         first_loss=losses[0] if losses else float("nan"),
         last_loss=float(np.mean(tail)),
     )
-
-
-def _loop(
-    student: YOLOv5,
-    teacher: YOLOv5,
-    images: Sequence[np.ndarray],
-    settings: DistillSettings,
-    checkpoint: Path,
-    opt: torch.optim.Optimizer,
-    start_step: int,
-    progress: Callable[[int, dict[str, float]], None] | None,
-    hints: Sequence[Hint],
-    s_feats: _Features,
-    t_feats: _Features,
-    losses: list[float],
-) -> None:
-    for step in range(start_step, settings.steps):
-        for group in opt.param_groups:
-            group["lr"] = settings.lr * _lr_factor(step, settings)
-        x = make_batch(images, settings, step).float()
-        with torch.no_grad():
-            target = teacher.raw(x)
-        loss, parts = distill_loss(student.raw(x), target)
-        if hints:
-            feat = feature_loss(hints, s_feats.out, t_feats.out)
-            loss = loss + settings.feature_weight * feat
-            parts["feat"] = float(feat.detach())
-        if not torch.isfinite(loss):
-            raise VigilError(f"distillation diverged at step {step} (loss {float(loss)})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 10.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step + 1, {"loss": losses[-1], **parts})
-        if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps:
-            save_checkpoint(checkpoint, student, opt, step + 1)

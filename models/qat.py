@@ -18,6 +18,9 @@ quantization as post-training INT8 (the activation ranges are re-calibrated, not
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,25 +93,23 @@ class QatConv(nn.Module):
         return block
 
 
-def _swap(net: nn.Module, make: type[nn.Module], kind: type[nn.Module]) -> int:
-    n = 0
+def _swap(net: nn.Module, kind: type[nn.Module], convert: Callable[[Any], nn.Module]) -> None:
+    """Replace every ``kind`` submodule by ``convert(it)``, keeping the layer-table wiring."""
     for name, module in list(net.named_modules()):
         if isinstance(module, kind):
             parent_name, _, attr = name.rpartition(".")
             parent = net.get_submodule(parent_name) if parent_name else net
-            new = module.to_block() if isinstance(module, QatConv) else make(module)
-            for a in ("f", "i"):  # layer-table wiring of top-level layers
+            new = convert(module)
+            for a in ("f", "i"):  # set on top-level layers by the layer-table builder
                 if hasattr(module, a):
                     setattr(new, a, getattr(module, a))
             setattr(parent, attr, new)
-            n += 1
-    return n
 
 
 def prepare_qat(net: YOLOv5) -> YOLOv5:
     """Fold BatchNorm, wrap every ``Conv`` block (not the Detect head) in ``QatConv``."""
     net.fuse()
-    _swap(net, QatConv, Conv)
+    _swap(net, Conv, QatConv)
     return net
 
 
@@ -127,5 +128,5 @@ def calibrate_ranges(net: YOLOv5, batches: list[torch.Tensor]) -> None:
 
 def strip_qat(net: YOLOv5) -> YOLOv5:
     """Back to plain fused ``Conv`` blocks holding the fine-tuned weights (eval mode)."""
-    _swap(net, QatConv, QatConv)
+    _swap(net, QatConv, lambda m: m.to_block())
     return net.eval()

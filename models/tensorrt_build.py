@@ -136,6 +136,56 @@ def _entropy_calibrator(
     return Calibrator()
 
 
+def _serialize(
+    trt: Any,
+    cudart: Any,
+    onnx_bytes: bytes,
+    quantized: bool,
+    shapes: tuple[tuple[int, ...], ...],
+    key: EngineKey,
+    cache: Path,
+    calibration: Iterable[np.ndarray] | None,
+    calibration_digest: str,
+    workspace_gib: float,
+) -> bytes:
+    """Parse, configure (profile, timing cache, FP16/INT8, calibrator) and build; the timing
+    cache is saved back. Returns the serialized engine."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise VigilError(f"TensorRT could not parse the ONNX: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, *shapes)
+    config.add_optimization_profile(profile)
+    timing_file = cache / "timing.cache"
+    timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
+    config.set_flag(trt.BuilderFlag.FP16)  # layers left in float run in FP16 in both modes
+    calibrator = None
+    if key.precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        if not quantized:
+            assert calibration is not None
+            calib_file = cache / f"{key.model_sha256[:16]}-{calibration_digest[:16]}.calib"
+            calibrator = _entropy_calibrator(trt, cudart, calibration, shapes[1], calib_file)
+            config.int8_calibrator = calibrator
+            config.set_calibration_profile(profile)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:
+            calibrator.free()
+    if serialized is None:
+        raise VigilError("TensorRT failed to build an engine (see its log above)")
+    atomic_write_bytes(timing_file, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
 def build_engine(
     onnx_path: Path,
     model_name: str,
@@ -152,51 +202,33 @@ def build_engine(
     cache.mkdir(parents=True, exist_ok=True)
     prepared = cache / f".{model_name}.trt-input.onnx"
     facts = prepare(onnx_path, prepared)  # refuses a non-YOLOv5 or TensorRT-unfit graph here
-    shapes = profile_shapes(facts.imgsz, max_batch)
-    if precision == "int8" and not facts.quantized and calibration is None:
-        raise VigilError("INT8 from an FP32 ONNX needs calibration images (--calib)")
-    trt = _import_tensorrt()
-    cudart = _cudart()
-    gpu, cc = _gpu(cudart)
-    key = EngineKey(
-        gpu, cc, trt.__version__, sha256_file(onnx_path), precision, max_batch, facts.imgsz
-    )
-    out = engine_path(cache, model_name, key)
-    if out.is_file():
-        return out, False
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(prepared.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise VigilError(f"TensorRT could not parse {onnx_path.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    profile = builder.create_optimization_profile()
-    profile.set_shape(network.get_input(0).name, *shapes)
-    config.add_optimization_profile(profile)
-    timing_file = cache / "timing.cache"
-    timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
-    config.set_flag(trt.BuilderFlag.FP16)  # layers left in float run in FP16 in both modes
-    calibrator = None
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        if not facts.quantized:
-            assert calibration is not None
-            calib_file = cache / f"{key.model_sha256[:16]}-{calibration_digest[:16]}.calib"
-            calibrator = _entropy_calibrator(trt, cudart, calibration, shapes[1], calib_file)
-            config.int8_calibrator = calibrator
-            config.set_calibration_profile(profile)
     try:
-        serialized = builder.build_serialized_network(network, config)
+        shapes = profile_shapes(facts.imgsz, max_batch)
+        if precision == "int8" and not facts.quantized and calibration is None:
+            raise VigilError("INT8 from an FP32 ONNX needs calibration images (--calib)")
+        trt = _import_tensorrt()
+        cudart = _cudart()
+        gpu, cc = _gpu(cudart)
+        key = EngineKey(
+            gpu, cc, trt.__version__, sha256_file(onnx_path), precision, max_batch, facts.imgsz
+        )
+        out = engine_path(cache, model_name, key)
+        if out.is_file():
+            return out, False
+        onnx_bytes = prepared.read_bytes()
+        serialized = _serialize(
+            trt,
+            cudart,
+            onnx_bytes,
+            facts.quantized,
+            shapes,
+            key,
+            cache,
+            calibration,
+            calibration_digest,
+            workspace_gib,
+        )
+        atomic_write_bytes(out, serialized)
+        return out, True
     finally:
-        if calibrator is not None:
-            calibrator.free()
-    if serialized is None:
-        raise VigilError(f"TensorRT failed to build an engine from {onnx_path.name} (see log)")
-    atomic_write_bytes(timing_file, bytes(config.get_timing_cache().serialize()))
-    atomic_write_bytes(out, bytes(serialized))
-    prepared.unlink(missing_ok=True)
-    return out, True
+        prepared.unlink(missing_ok=True)

@@ -67,11 +67,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         out = qat_model(weights, images, args.data, args.imgsz, args.qat_steps, args.scope)
         print(f"QAT INT8 -> {out}")
         return 0
-    out, trials = quantize_model(
+    from models.manifest import ModelManifest
+
+    out, _ = quantize_model(
         weights, images, args.methods, args.data, args.imgsz, args.scope, args.for_tensorrt
     )
-    chosen = max(trials, key=lambda t: (t.map50_95, t.map50))
-    print(f"INT8 ({chosen.method} calibration) -> {out}")
+    kind = "int8-trt" if args.for_tensorrt else "int8"
+    chosen = ModelManifest.load(weights).files[f"onnx-{kind}-{args.imgsz}"]["method"]
+    print(f"INT8 ({chosen} calibration) -> {out}")
     return 0
 
 

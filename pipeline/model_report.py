@@ -63,12 +63,14 @@ def collect_variants(manifests: list[Path], imgsz: int) -> list[Variant]:
     return out
 
 
-def _params(manifest_path: Path) -> int:
+def _params(manifest_path: Path, cache: dict[Path, int]) -> int:
+    """Parameters of the manifest's (unfused) network; loaded once per manifest."""
     from models.export import load_weights
     from models.prune import count_params
 
-    net, _ = load_weights(manifest_path)
-    return count_params(net)
+    if manifest_path not in cache:
+        cache[manifest_path] = count_params(load_weights(manifest_path)[0])
+    return cache[manifest_path]
 
 
 def measure_latency(
@@ -104,6 +106,7 @@ def measure_accuracy(
     from pipeline.detection_eval import evaluate_map
     from pipeline.mot_eval import replay_sequences, score_sequences
 
+    params: dict[Path, int] = {}
     for v in variants:
         t0 = time.perf_counter()
         if data is not None:
@@ -122,7 +125,7 @@ def measure_accuracy(
                 for s, row in table.items()
                 if s != "COMBINED"
             }
-        v.metrics["params"] = _params(v.manifest_path)
+        v.metrics["params"] = _params(v.manifest_path, params)
         v.metrics["file_mb"] = round(v.onnx.stat().st_size / 1e6, 2)
         print(f"measured {v.label} in {time.perf_counter() - t0:.0f} s", flush=True)
 

@@ -40,3 +40,17 @@ def synthetic_clip(tmp_path_factory: pytest.TempPathFactory, ffmpeg: str) -> Pat
         check=True,
     )  # fmt: skip
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 3-class YOLOv5n exported to ONNX at 128x128 (seed 0)."""
+    import torch
+
+    from models.export import export_onnx
+    from models.yolov5 import YOLOv5
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    export_onnx(YOLOv5(nc=3).eval(), path, imgsz=128)
+    return path

@@ -8,26 +8,15 @@ import pytest
 
 from models.export import export_onnx
 from models.quantize import quantize_int8
-from models.yolov5 import YOLOv5
 from pipeline.types import VigilError
 
 
-@pytest.fixture(scope="module")
-def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("q") / "tiny.onnx"
-    export_onnx(YOLOv5(nc=3).eval(), path, imgsz=128)
-    return path
-
-
 @pytest.mark.parametrize("scope", ["body", "conv"])
-def test_int8_keeps_the_head_decode_in_float(fp32: Path, tmp_path: Path, scope: str) -> None:
+def test_int8_keeps_the_head_decode_in_float(tiny_onnx: Path, tmp_path: Path, scope: str) -> None:
     rng = np.random.default_rng(0)
     batches = [rng.uniform(0, 1, (2, 3, 128, 128)).astype(np.float32) for _ in range(3)]
     out = tmp_path / "int8.onnx"
-    facts = quantize_int8(fp32, out, iter(batches), "minmax", scope)
+    facts = quantize_int8(tiny_onnx, out, iter(batches), "minmax", scope)
     assert facts["images"] == 6 and len(str(facts["data_sha256"])) == 64
     graph = onnx.load(str(out)).graph
     quantized_inputs = {i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.output}
@@ -49,7 +38,7 @@ def test_int8_keeps_the_head_decode_in_float(fp32: Path, tmp_path: Path, scope: 
     import onnxruntime as ort
 
     x = batches[0]
-    a = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(
+    a = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(
         None, {"images": x}
     )[0]
     b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x})[
@@ -59,11 +48,11 @@ def test_int8_keeps_the_head_decode_in_float(fp32: Path, tmp_path: Path, scope: 
     assert np.abs(a[..., 4:] - b[..., 4:]).mean() < 0.05
 
 
-def test_bad_arguments(fp32: Path, tmp_path: Path) -> None:
+def test_bad_arguments(tiny_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(VigilError, match="unknown calibration method"):
-        quantize_int8(fp32, tmp_path / "x.onnx", iter([]), "median")
+        quantize_int8(tiny_onnx, tmp_path / "x.onnx", iter([]), "median")
     with pytest.raises(VigilError, match="unknown quantization scope"):
-        quantize_int8(fp32, tmp_path / "x.onnx", iter([]), "minmax", "all")
+        quantize_int8(tiny_onnx, tmp_path / "x.onnx", iter([]), "minmax", "all")
 
 
 def test_percentile_chooses_different_ranges_than_minmax(tmp_path: Path) -> None:

@@ -8,25 +8,13 @@ import numpy as np
 import onnx
 import pytest
 
-from models.export import export_onnx
 from models.quantize import quantize_int8
 from models.tensorrt_build import EngineKey, build_engine, engine_path
 from models.trt_prep import inspect_yolov5, prepare, profile_shapes
-from models.yolov5 import YOLOv5
 from pipeline.config import DEFAULT_MODEL, DEFAULT_REID
 from pipeline.types import VigilError
 
 ZOO = DEFAULT_MODEL.parent
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("trt") / "tiny.onnx"
-    export_onnx(YOLOv5(nc=3).eval(), path, imgsz=128)
-    return path
 
 
 def test_the_shipped_fp32_model_is_fit_and_prepares_to_the_same_outputs(tmp_path: Path) -> None:
@@ -46,13 +34,15 @@ def test_the_shipped_fp32_model_is_fit_and_prepares_to_the_same_outputs(tmp_path
     assert np.allclose(a, b, atol=1e-4)
 
 
-def test_ort_uint8_qdq_is_refused_and_symmetric_int8_accepted(tiny: Path, tmp_path: Path) -> None:
+def test_ort_uint8_qdq_is_refused_and_symmetric_int8_accepted(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
     with pytest.raises(VigilError, match="only signed INT8 with zero point 0"):
         prepare(ZOO / "yolov5n-320-int8.onnx", tmp_path / "x.onnx")
     rng = np.random.default_rng(0)
     batches = [rng.uniform(0, 1, (2, 3, 128, 128)).astype(np.float32) for _ in range(2)]
     sym = tmp_path / "sym.onnx"
-    facts = quantize_int8(tiny, sym, iter(batches), "minmax", "body", symmetric=True)
+    facts = quantize_int8(tiny_onnx, sym, iter(batches), "minmax", "body", symmetric=True)
     assert facts["symmetric"] is True
     assert prepare(sym, tmp_path / "sym-trt.onnx").quantized
 
@@ -66,8 +56,8 @@ def test_non_yolov5_graphs_are_refused(tmp_path: Path) -> None:
         prepare(junk, tmp_path / "j.onnx")
 
 
-def test_unfolded_batchnorm_and_unknown_ops_are_refused(tiny: Path) -> None:
-    model = onnx.load(str(tiny))
+def test_unfolded_batchnorm_and_unknown_ops_are_refused(tiny_onnx: Path) -> None:
+    model = onnx.load(str(tiny_onnx))
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
     conv.op_type = "BatchNormalization"
     with pytest.raises(VigilError, match="BatchNorm is not folded"):
@@ -101,18 +91,18 @@ def test_engine_cache_key_changes_with_every_input(tmp_path: Path) -> None:
     assert engine_path(tmp_path, "m", base) == engine_path(tmp_path, "m", base)
 
 
-def test_build_engine_checks_before_needing_tensorrt(tiny: Path, tmp_path: Path) -> None:
+def test_build_engine_checks_before_needing_tensorrt(tiny_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(VigilError, match="--precision must be one of"):
-        build_engine(tiny, "t", "int4", 8, tmp_path)
+        build_engine(tiny_onnx, "t", "int4", 8, tmp_path)
     with pytest.raises(VigilError, match="not a Vigil YOLOv5 export"):
         build_engine(DEFAULT_REID, "r", "fp16", 8, tmp_path)
     with pytest.raises(VigilError, match="needs calibration images"):
-        build_engine(tiny, "t", "int8", 8, tmp_path)
+        build_engine(tiny_onnx, "t", "int8", 8, tmp_path)
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         with pytest.raises(VigilError, match="TensorRT is not installed"):
-            build_engine(tiny, "t", "fp16", 8, tmp_path)
+            build_engine(tiny_onnx, "t", "fp16", 8, tmp_path)
 
 
 def test_cuda_runtime_results_are_checked() -> None:
