@@ -28,8 +28,8 @@ import websockets
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.bench_report import make_clip, start_rtsp_server  # noqa: E402
-from tests.serving import serve  # noqa: E402
+from benchmarks.report import make_clip, start_rtsp_server  # noqa: E402
+from benchmarks.serving import serve  # noqa: E402
 
 
 async def read_messages(url: str, seconds: float, warmup: float) -> list[tuple[float, float]]:

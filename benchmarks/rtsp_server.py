@@ -32,7 +32,7 @@ mounts = server.get_mount_points()
 feeders = []
 
 
-def feeder_cmd(path, port):
+def feeder_cmd(path: str, port: int) -> list[str]:
     rtp = f"rtp://127.0.0.1:{port}?pkt_size=1200"
     return ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", path,
             "-an", "-c:v", "copy", "-f", "rtp", "-payload_type", "96", rtp]  # fmt: skip
@@ -64,7 +64,7 @@ server.attach(None)
 loop = GLib.MainLoop()
 
 
-def stop(*_):
+def stop(*_: object) -> bool:
     loop.quit()
     return GLib.SOURCE_REMOVE
 

@@ -74,8 +74,8 @@ class Engine:
     """Batched detection + appearance for frames of any streams."""
 
     def __init__(self, cfg: VigilConfig, need_embeddings: bool = True) -> None:
+        from evaluation.detection import COCO_NAMES
         from models.manifest import sha256_file
-        from pipeline.detection_eval import COCO_NAMES
 
         self.cfg = cfg
         path, manifest = resolve_model(cfg)

@@ -26,7 +26,7 @@ from pipeline.config import VigilConfig
 from pipeline.encode import encode_message
 from pipeline.engine import Engine
 from pipeline.live_source import LiveStream, StreamSpec, StreamState
-from pipeline.runner import make_tracker
+from pipeline.replay import make_tracker
 from pipeline.types import Tracks, VigilError
 
 

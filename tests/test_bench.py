@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 
 def test_bench_quick(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "server.main", "bench", "--quick", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "server.serve", "bench", "--quick", "--out", str(tmp_path)]
     r = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "bench.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO, SAMPLE_CLIP, shared
 
-VIGIL = [sys.executable, "-m", "pipeline.cli"]
+VIGIL = [sys.executable, "-m", "cli.main"]
 
 
 def vigil(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -28,7 +28,7 @@ TOLERANCE = 0.03
 def metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
     seqs = [shared("mot", name) for name in MEASURED]
     out = tmp_path_factory.mktemp("eval")
-    cmd = [sys.executable, "-m", "pipeline.cli", "eval", *map(str, seqs), "--out", str(out)]
+    cmd = [sys.executable, "-m", "cli.main", "eval", *map(str, seqs), "--out", str(out)]
     r = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "HOTA" in r.stdout and "COMBINED" in r.stdout

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.distill import DistillSettings, distill, distill_loss, load_checkpoint, make_batch
 from models.export import export_onnx, load_weights, save_weights
 from models.manifest import ModelManifest
-from models.prune import count_params, prune_l1
-from models.qat import ActObserverFQ, QatConv, calibrate_ranges, prepare_qat, strip_qat
 from models.yolov5 import V6_ANCHORS, YOLOv5
 from pipeline.types import VigilError
+from toolchain.distill import DistillSettings, distill, distill_loss, load_checkpoint, make_batch
+from toolchain.prune import count_params, prune_l1
+from toolchain.qat import ActObserverFQ, QatConv, calibrate_ranges, prepare_qat, strip_qat
 
 SIZE = 96
 

@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 from models.export import export_onnx
-from models.quantize import quantize_int8
 from pipeline.types import VigilError
+from toolchain.quantize import quantize_int8
 
 
 @pytest.mark.parametrize("scope", ["body", "conv"])
@@ -83,11 +83,11 @@ def test_percentile_chooses_different_ranges_than_minmax(tmp_path: Path) -> None
 def test_entropy_calibration_gets_a_real_histogram(monkeypatch: pytest.MonkeyPatch) -> None:
     # ONNX Runtime's quantize_static builds its entropy calibrator with 128 histogram bins for
     # 128 quantized bins: a single candidate threshold, i.e. min-max (measured: identical
-    # scales). models.quantize widens the histogram for the duration of the call. (A real
+    # scales). toolchain.quantize widens the histogram for the duration of the call. (A real
     # entropy calibration takes over a minute here: ORT's KL search is Python.)
     import importlib
 
-    from models.quantize import _entropy_histogram
+    from toolchain.quantize import _entropy_histogram
 
     ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
     seen: list[dict[str, object]] = []

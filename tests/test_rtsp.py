@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.serving import free_port, serve
 from tests.conftest import SAMPLE_CLIP
-from tests.serving import free_port, serve
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "rtsp_server.py"

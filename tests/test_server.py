@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import websockets
 
+from benchmarks.serving import Server, alive, children_matching, ffmpeg_children, serve
 from tests.conftest import SAMPLE_CLIP
-from tests.serving import Server, alive, children_matching, ffmpeg_children, serve
 
 KEY = "test-key-0123456789abcdef"
 

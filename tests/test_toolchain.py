@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from models.distill import DistillSettings
 from models.export import export_onnx, load_weights, save_weights
 from models.manifest import ModelManifest, sha256_file
 from models.registry import entries, is_reference, resolve
 from pipeline.config import DEFAULT_MODEL, load_config
 from pipeline.engine import resolve_model
-from pipeline.toolchain import prune_model, swap_in
 from pipeline.types import VigilError
 from tests.conftest import REPO, SAMPLE_CLIP, shared
 from tests.test_prune import SIZE, _manifest, _tiny
+from toolchain.distill import DistillSettings
+from toolchain.steps import prune_model, swap_in
 
 
 def vigil(*args: str) -> subprocess.CompletedProcess[str]:
@@ -233,7 +233,7 @@ def test_report_table_plot_and_manifest_metrics(tmp_path: Path) -> None:
 
 
 def test_qat_adds_an_int8_qat_variant(tmp_path: Path) -> None:
-    from pipeline.toolchain import qat_model
+    from toolchain.steps import qat_model
 
     weights = _tiny_registry(tmp_path)
     out = qat_model(weights, _images(), None, SIZE, 2, progress=False)

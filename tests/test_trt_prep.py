@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-from models.quantize import quantize_int8
-from models.tensorrt_build import EngineKey, build_engine, engine_path
-from models.trt_prep import inspect_yolov5, prepare, profile_shapes
 from pipeline.config import DEFAULT_MODEL, DEFAULT_REID
 from pipeline.types import VigilError
+from toolchain.quantize import quantize_int8
+from toolchain.tensorrt_build import EngineKey, build_engine, engine_path
+from toolchain.trt_prep import inspect_yolov5, prepare, profile_shapes
 
 ZOO = DEFAULT_MODEL.parent
 
@@ -108,7 +108,7 @@ def test_build_engine_checks_before_needing_tensorrt(tiny_onnx: Path, tmp_path: 
 def test_cuda_runtime_results_are_checked() -> None:
     import enum
 
-    from models.tensorrt_build import _ok
+    from toolchain.tensorrt_build import _ok
 
     class Err(enum.Enum):  # cuda-python's cudaError_t is an enum; 0 is cudaSuccess
         success = 0

@@ -108,7 +108,7 @@ def replay_sequences(
     from dataclasses import replace
 
     from pipeline.engine import Engine
-    from pipeline.runner import Replay
+    from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
 
     seqs = [read_sequence(p) for p in paths]

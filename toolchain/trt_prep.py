@@ -11,7 +11,7 @@ What TensorRT 10's ONNX parser needs from this graph, and what is checked here:
   Q/DQ pairs, per-tensor for activations and per-output-channel (axis 0) for weights. Our
   default ONNX Runtime QDQ model uses UINT8 asymmetric activations, so TensorRT INT8 is built
   either from the FP32 ONNX with the entropy calibrator (implicit quantization), or from a
-  QDQ model exported with ``symmetric=True`` (``models.quantize``); a wrong QDQ model is refused
+  QDQ model exported with ``symmetric=True`` (``toolchain.quantize``); a wrong QDQ model is refused
   here with the node named, before any GPU time is spent.
 """
 

@@ -40,7 +40,7 @@ def _progress(total: int | None, quiet: bool, desc: str) -> Any:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from pipeline.runner import Replay
+    from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
 
     cfg = _config(args)
@@ -73,7 +73,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.mot_eval import format_table, replay_sequences, score_sequences
+    from evaluation.mot import format_table, replay_sequences, score_sequences
 
     cfg = _config(args)
     per_seq, replays = replay_sequences(
@@ -94,8 +94,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import SAMPLE
-    from pipeline.bench_report import run_bench
+    from benchmarks.bench import SAMPLE
+    from benchmarks.report import run_bench
 
     cfg = _config(args)
     footage = [str(p) for p in args.footage] or [str(SAMPLE)]
@@ -125,8 +125,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    """The offline commands (replay, eval, models). ``server.main`` adds ``serve``."""
-    from pipeline.cli_models import add_model_commands
+    """The offline commands (replay, eval, models). ``server.serve`` adds ``serve``."""
+    from toolchain.cli_models import add_model_commands
 
     parser = argparse.ArgumentParser(prog="vigil", description="Vigil video analytics")
     sub = parser.add_subparsers(dest="command", required=True)

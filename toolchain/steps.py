@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.manifest import ModelManifest, atomic_write_bytes
-from pipeline.model_images import images_digest, letterbox_batches
 from pipeline.types import VigilError
+from toolchain.images import images_digest, letterbox_batches
 
 if TYPE_CHECKING:
-    from models.distill import DistillSettings
+    from toolchain.distill import DistillSettings
 
 
 def _progress_bar(total: int, start: int, desc: str) -> Callable[[int, dict[str, float]], None]:
@@ -65,24 +65,24 @@ def prune_model(
     progress: bool = True,
 ) -> Path:
     """Prune ``weights``' network by ``ratio``, refit every convolution by least squares
-    (``models.reconstruct``), distill it back on ``images``, write
+    (``toolchain.reconstruct``), distill it back on ``images``, write
     ``<out_root>/<name>/`` with weights, FP32 ONNX at ``settings.imgsz`` and the manifest.
 
     The distillation checkpoint lives in ``<out_root>/.<name>.distill.safetensors``;
     ``resume=True`` continues from it (same ratio and settings), otherwise it starts over.
     """
-    from models.distill import (
+    from models.export import export_onnx, load_weights, save_weights
+    from models.registry import bump_minor
+    from models.yolov5 import resize_to_state_dict
+    from toolchain.distill import (
         DistillSettings,
         distill,
         feature_hints,
         load_checkpoint,
         make_batch,
     )
-    from models.export import export_onnx, load_weights, save_weights
-    from models.prune import check_ratio, count_params, prune_l1
-    from models.reconstruct import output_channels, reconstruct
-    from models.registry import bump_minor
-    from models.yolov5 import resize_to_state_dict
+    from toolchain.prune import check_ratio, count_params, prune_l1
+    from toolchain.reconstruct import output_channels, reconstruct
 
     check_ratio(ratio)
     s = settings or DistillSettings()
@@ -162,13 +162,13 @@ def qat_model(
     scope: str = "body",
     progress: bool = True,
 ) -> Path:
-    """Quantization-aware fine-tuning (``models.qat``) distilled from the float model, then
+    """Quantization-aware fine-tuning (``toolchain.qat``) distilled from the float model, then
     ONNX Runtime INT8 with the calibration method the manifest's PTQ chose (min-max if none).
     Writes ``onnx-int8-qat-<imgsz>`` beside the manifest; returns its path."""
-    from models.distill import DistillSettings, distill, make_batch
     from models.export import export_onnx, load_weights
-    from models.qat import calibrate_ranges, prepare_qat, strip_qat
-    from models.quantize import quantize_int8
+    from toolchain.distill import DistillSettings, distill, make_batch
+    from toolchain.qat import calibrate_ranges, prepare_qat, strip_qat
+    from toolchain.quantize import quantize_int8
 
     if steps < 1:
         raise VigilError(f"--qat-steps must be at least 1, got {steps}")
@@ -190,8 +190,8 @@ def qat_model(
     manifest.add_file(f"onnx-int8-qat-{imgsz}", target, imgsz=imgsz, **facts, qat=qat)
     manifest.save(manifest_path)
     if data is not None:
+        from evaluation.detection import evaluate_map
         from models.detector import create_detector
-        from pipeline.detection_eval import evaluate_map
 
         r = evaluate_map(create_detector(target, "onnxruntime"), data, split="eval")
         print(f"QAT INT8 mAP@.5:.95 {r.map50_95:.4f}  mAP@.5 {r.map50:.4f} (eval split)")
@@ -222,9 +222,9 @@ def quantize_model(
     symmetric INT8 for TensorRT's explicit quantization, as ``onnx-int8-trt-<imgsz>``."""
     import time
 
+    from evaluation.detection import evaluate_map, find_annotations
     from models.detector import create_detector
-    from models.quantize import CALIBRATION_METHODS, quantize_int8
-    from pipeline.detection_eval import evaluate_map, find_annotations
+    from toolchain.quantize import CALIBRATION_METHODS, quantize_int8
 
     for m in methods:
         if m not in CALIBRATION_METHODS:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench import SAMPLE, bench_live, bench_replay, bench_stages
+from benchmarks.bench import SAMPLE, bench_live, bench_replay, bench_stages
 from pipeline.config import VigilConfig, resolve_path
 from pipeline.types import VigilError
 
@@ -24,7 +24,7 @@ def _fp32_model(cfg: VigilConfig) -> Path:
 
 
 def bench_baselines(cfg: VigilConfig, footage: list[str], max_frames: int) -> list[dict[str, Any]]:
-    from pipeline.baselines import decode_only, naive_loop
+    from benchmarks.baselines import decode_only, naive_loop
 
     vigil = {r["footage"]: r for r in bench_replay(cfg, footage, max_frames)}
     rows = []
@@ -47,15 +47,15 @@ def bench_baselines(cfg: VigilConfig, footage: list[str], max_frames: int) -> li
 
 def bench_accuracy(cfg: VigilConfig, sequences: list[Path]) -> dict[str, Any]:
     """HOTA / IDF1 / MOTA of Vigil and of the naive loop on MOT sequences (TrackEval)."""
-    from pipeline.baselines import naive_loop
-    from pipeline.encode import mot_rows
-    from pipeline.mot_eval import (
+    from benchmarks.baselines import naive_loop
+    from evaluation.mot import (
         load_mot,
         read_sequence,
         replay_sequences,
         score_sequences,
         trackeval_data,
     )
+    from pipeline.encode import mot_rows
     from pipeline.types import Tracks
 
     naive = {}

@@ -79,9 +79,9 @@ def output_channels(student: YOLOv5, teacher: YOLOv5) -> dict[str, torch.Tensor]
     """For every Conv2d, the teacher output channel of each student output channel.
 
     Conv blocks are matched by their BatchNorm rows (pruning copies them unchanged, see
-    ``models.distill.feature_hints``); the Detect convolutions are never pruned (identity).
+    ``toolchain.distill.feature_hints``); the Detect convolutions are never pruned (identity).
     """
-    from models.distill import feature_hints
+    from toolchain.distill import feature_hints
 
     kept = {f"{name}.conv": idx for name, idx in feature_hints(student, teacher)}
     head = len(student.model) - 1

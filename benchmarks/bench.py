@@ -115,7 +115,7 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
     from models.reid import create_embedder
     from pipeline.encode import encode_message
     from pipeline.preprocess import CpuPreprocessor, boxes_to_source
-    from pipeline.runner import make_tracker
+    from pipeline.replay import make_tracker
     from pipeline.types import Detections
 
     repeat = 5 if quick else 30
@@ -176,7 +176,7 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
 
 def bench_replay(cfg: VigilConfig, footage: list[str], max_frames: int) -> list[dict[str, Any]]:
     from pipeline.engine import Engine
-    from pipeline.runner import Replay
+    from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
 
     engine = Engine(cfg)

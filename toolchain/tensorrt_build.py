@@ -1,5 +1,6 @@
 """Build a TensorRT 10 engine from a Vigil YOLOv5 ONNX (lazy import: needs the ``tensorrt`` extra
-and an NVIDIA GPU; everything that prepares the ONNX is in ``models.trt_prep`` and runs anywhere).
+and an NVIDIA GPU; everything that prepares the ONNX is in ``toolchain.trt_prep`` and runs
+anywhere).
 
 - One optimization profile over the dynamic batch (``trt_prep.profile_shapes``).
 - Device memory and the GPU's name come from cuda-python's runtime bindings (the ``tensorrt``
@@ -30,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from models.manifest import atomic_write_bytes, sha256_file
-from models.trt_prep import prepare, profile_shapes
 from pipeline.types import VigilError
+from toolchain.trt_prep import prepare, profile_shapes
 
 PRECISIONS = ("fp16", "int8")
 

@@ -23,10 +23,10 @@ def model_manifest(spec: str, registry: Path) -> Path:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from models.distill import DistillSettings
-    from models.prune import check_ratio
-    from pipeline.model_images import gather_images
-    from pipeline.toolchain import prune_model
+    from toolchain.distill import DistillSettings
+    from toolchain.images import gather_images
+    from toolchain.prune import check_ratio
+    from toolchain.steps import prune_model
 
     check_ratio(args.ratio)
     if args.steps < 1 or args.batch < 1:
@@ -56,13 +56,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from pipeline.model_images import gather_images
-    from pipeline.toolchain import quantize_model
+    from toolchain.images import gather_images
+    from toolchain.steps import quantize_model
 
     weights = model_manifest(args.weights, args.registry)
     images = gather_images(args.calib, args.calib_frames, "INT8 calibration")
     if args.qat:
-        from pipeline.toolchain import qat_model
+        from toolchain.steps import qat_model
 
         out = qat_model(weights, images, args.data, args.imgsz, args.qat_steps, args.scope)
         print(f"QAT INT8 -> {out}")
@@ -91,16 +91,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
+    from benchmarks.bench import SAMPLE
+    from cli.main import _config
+    from evaluation.mot import read_sequence
     from models.detector import available_backends
     from models.registry import entries
-    from pipeline import model_report as mr
-    from pipeline.bench import SAMPLE
-    from pipeline.cli import _config
-    from pipeline.model_images import gather_images
-    from pipeline.mot_eval import read_sequence
+    from toolchain import report as mr
+    from toolchain.images import gather_images
 
     if args.data is not None:
-        from pipeline.detection_eval import find_annotations
+        from evaluation.detection import find_annotations
 
         find_annotations(args.data)
     for seq in args.sequences:
@@ -140,7 +140,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     from models.manifest import ModelManifest
-    from models.trt_prep import prepare, profile_shapes
+    from toolchain.trt_prep import prepare, profile_shapes
 
     weights = model_manifest(args.weights, args.registry)
     manifest = ModelManifest.load(weights)
@@ -156,8 +156,8 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
             f"{' / '.join('x'.join(map(str, s)) for s in shapes)} -> {out}"
         )
         return 0
-    from models.tensorrt_build import build_engine
-    from pipeline.model_images import gather_images, images_digest, letterbox_batches
+    from toolchain.images import gather_images, images_digest, letterbox_batches
+    from toolchain.tensorrt_build import build_engine
 
     calib, digest = None, ""
     if args.onnx not in ("fp32", "int8-trt"):

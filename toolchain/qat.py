@@ -8,8 +8,8 @@ with ``fq_w`` symmetric INT8 per output channel (scale ``max|W| / 127``, recompu
 current weights) and ``fq_in``/``fq_out`` asymmetric UINT8 per tensor over an exponential moving
 min/max (what ONNX Runtime's QDQ quantization of the same tensors does). Gradients pass the
 rounding straight through (``torch.fake_quantize_*``). The Detect layer stays float, as in
-``models.quantize``. Training signal: distillation from the float network
-(``models.distill``), so no labels are needed.
+``toolchain.quantize``. Training signal: distillation from the float network
+(``toolchain.distill``), so no labels are needed.
 
 The result is float weights that lose less when quantized: ``strip`` turns the network back into
 plain fused ``Conv`` blocks, and the INT8 model is then produced by the same ONNX Runtime static

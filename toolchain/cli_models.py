@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli_toolchain import model_manifest
-from pipeline.model_images import gather_images, letterbox_batches
 from pipeline.types import VigilError
+from toolchain.cli import model_manifest
+from toolchain.images import gather_images, letterbox_batches
 
 CALIB = "INT8 calibration"
 
@@ -36,7 +36,7 @@ def export_variants(
 ) -> dict[str, Path]:
     """Write FP32 (and INT8 when ``calib`` is given) ONNX files per size; update the manifest."""
     from models.export import export_onnx, load_weights
-    from models.quantize import quantize_int8
+    from toolchain.quantize import quantize_int8
 
     net, manifest = load_weights(manifest_path)
     out_dir = out_dir or manifest_path.parent
@@ -67,9 +67,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.detection import evaluate_map, find_annotations
     from models.detector import create_detector
     from models.manifest import ModelManifest
-    from pipeline.detection_eval import evaluate_map, find_annotations
 
     find_annotations(args.data)
     weights = model_manifest(args.weights, args.registry)
@@ -118,8 +118,8 @@ def cmd_export_reid(args: argparse.Namespace) -> int:
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
+    from evaluation.detection import SPLITS
     from pipeline.config import DEFAULT_MODEL, PACKAGE_ROOT
-    from pipeline.detection_eval import SPLITS
 
     models = sub.add_parser("models", help="model toolchain").add_subparsers(
         dest="models_command", required=True
@@ -154,7 +154,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
                     "toolchain never tunes on (3 in 4); tune: the rest")  # fmt: skip
     ev.set_defaults(func=cmd_evaluate)
 
-    from pipeline.cli_toolchain import add_toolchain_commands
+    from toolchain.cli import add_toolchain_commands
 
     add_toolchain_commands(models)
 

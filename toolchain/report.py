@@ -66,7 +66,7 @@ def collect_variants(manifests: list[Path], imgsz: int) -> list[Variant]:
 def _params(manifest_path: Path, cache: dict[Path, int]) -> int:
     """Parameters of the manifest's (unfused) network; loaded once per manifest."""
     from models.export import load_weights
-    from models.prune import count_params
+    from toolchain.prune import count_params
 
     if manifest_path not in cache:
         cache[manifest_path] = count_params(load_weights(manifest_path)[0])
@@ -78,7 +78,7 @@ def measure_latency(
 ) -> None:
     """Median ms per call at b1 and b8 into ``v.metrics['latency']``, interleaved."""
     from models.detector import create_detector
-    from pipeline.model_images import letterbox_batches
+    from toolchain.images import letterbox_batches
 
     batch8 = next(letterbox_batches(images[:8], variants[0].onnx_size))
     inputs = {1: np.ascontiguousarray(batch8[:1]), 8: np.ascontiguousarray(batch8[:8])}
@@ -102,9 +102,9 @@ def measure_latency(
 def measure_accuracy(
     variants: list[Variant], cfg: VigilConfig, data: Path | None, sequences: list[Path]
 ) -> None:
+    from evaluation.detection import evaluate_map
+    from evaluation.mot import replay_sequences, score_sequences
     from models.detector import create_detector
-    from pipeline.detection_eval import evaluate_map
-    from pipeline.mot_eval import replay_sequences, score_sequences
 
     params: dict[Path, int] = {}
     for v in variants:

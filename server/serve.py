@@ -1,5 +1,5 @@
 """``vigil serve``: the live server. Also the ``vigil`` entry point (it adds ``serve`` to the
-offline commands of :mod:`pipeline.cli`, keeping the dependency rule: pipeline never imports
+offline commands of :mod:`cli.main`, keeping the dependency rule: pipeline never imports
 server).
 
 Shutdown on SIGTERM/SIGINT, in order: stop intake (every FFmpeg child ends), drain the batch in
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pipeline.cli import build_parser, run
+from cli.main import build_parser, run
 from pipeline.types import VigilError
 
 

@@ -2,7 +2,7 @@
 
 A source is a video file, a folder of frames (both decoded by FFmpeg, frames spread evenly over
 the whole clip), or a COCO-layout folder (``annotations/*.json`` + ``images/``), of which only
-the ``tune`` split is used (``pipeline.detection_eval.split_ids``): the ``eval`` split, where
+the ``tune`` split is used (``evaluation.detection.split_ids``): the ``eval`` split, where
 accuracy is measured, is never seen by calibration or distillation.
 """
 
@@ -45,7 +45,7 @@ def gather_images(sources: Sequence[str], limit: int, purpose: str) -> list[np.n
         if not path.exists():
             raise VigilError(f"{purpose} source not found: {spec}")
         if _is_coco(path):
-            from pipeline.detection_eval import tune_images
+            from evaluation.detection import tune_images
 
             files = tune_images(path)[:per_source]
             loaded = [cv2.imread(str(f)) for f in files]
