@@ -29,9 +29,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.config import PACKAGE_ROOT, VigilConfig, resolve_path
+from pipeline.config import SAMPLE_CLIP, VigilConfig, resolve_path
 
-SAMPLE = PACKAGE_ROOT / "assets" / "one-by-one-person-detection.mp4"
+SAMPLE = SAMPLE_CLIP
 
 
 def _timeit(fn: Callable[[], object], repeat: int, warmup: int = 2) -> dict[str, float]:
@@ -110,34 +110,39 @@ def bench_decoders(source: Path, max_frames: int) -> list[dict[str, Any]]:
 
 def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
     from models.detector import available_backends, create_detector
-    from models.manifest import ModelManifest
     from models.postprocess import postprocess
     from models.reid import create_embedder
     from pipeline.encode import encode_message
     from pipeline.preprocess import CpuPreprocessor, boxes_to_source
-    from pipeline.replay import make_tracker
-    from pipeline.types import Detections
+    from pipeline.types import Detections, VigilError
+    from pipeline.wiring import build_tracker, resolve_model
 
     repeat = 5 if quick else 30
     frames = _sample_frames(SAMPLE, 40 if quick else 200)
     rows = bench_decoders(SAMPLE, 60 if quick else 600)
-    pre = CpuPreprocessor(320, 8)
+    served = resolve_model(cfg.model)
+    det = create_detector(served.onnx, cfg.model.backend, cfg.model.threads)
+    size = det.input_size
+    pre = CpuPreprocessor(size, 8)
     for b in (1, 8):
         rows.append(_row(f"preprocess b{b}", _timeit(partial(pre, frames[:b]), repeat), b))
-    manifest_path = resolve_path(cfg.model.manifest)
-    manifest = ModelManifest.load(manifest_path)
     batch8 = pre(frames[:8])[0]
-    for backend in available_backends():
+    # every precision the model has (a bare ONNX file: only itself), on every backend
+    variants: list[tuple[str, Path]] = [(cfg.model.precision, served.onnx)]
+    if served.manifest is not None:
+        variants = []
         for precision in ("fp32", "int8"):
-            role = f"onnx-{precision}-{manifest.input_size}"
-            if role not in manifest.files:
-                continue
-            det = create_detector(manifest.file_path(manifest_path, role), backend)
+            try:
+                variants.append((precision, resolve_model(cfg.model, precision).onnx))
+            except VigilError:
+                continue  # the manifest has no such variant
+    for backend in available_backends():
+        for precision, path in variants:
+            variant = create_detector(path, backend, cfg.model.threads)
             for b in (1, 8):
                 x = np.ascontiguousarray(batch8[:b])
-                per = _timeit(partial(det.infer, x), repeat)
+                per = _timeit(partial(variant.infer, x), repeat)
                 rows.append(_row(f"infer {backend} {precision} b{b}", per, b))
-    det = create_detector(manifest.file_path(manifest_path, f"onnx-int8-{manifest.input_size}"))
     raw = det.infer(pre(frames[:1])[0])[0]
     person = np.array([0])
     rows.append(_row("nms", _timeit(partial(postprocess, raw, 0.25, 0.45, person), repeat), 1))
@@ -156,7 +161,7 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
         rows.append(_row(f"embed {name} ({len(boxes)} boxes)", per, 1))
     hist = create_embedder("histogram")
     feats = [hist.embed([f], [d.xyxy])[0] for f, d in zip(frames, per_frame, strict=False)]
-    tracker = make_tracker(cfg)
+    tracker = build_tracker(cfg.tracker)
     times = []
     tracks = None
     for i, (d, e) in enumerate(zip(per_frame, feats, strict=False)):
@@ -167,7 +172,7 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
         "median_ms": round(statistics.median(times), 3),
         "p95_ms": round(float(np.percentile(times, 95)), 3),
     }
-    rows.append(_row("track deepsort", per, 1))
+    rows.append(_row(f"track {cfg.tracker.name}", per, 1))
     assert tracks is not None
     per = _timeit(partial(encode_message, tracks, "cam", 1, 0.0), repeat * 20)
     rows.append(_row("encode v1", per, 1))
@@ -175,11 +180,11 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
 
 
 def bench_replay(cfg: VigilConfig, footage: list[str], max_frames: int) -> list[dict[str, Any]]:
-    from pipeline.engine import Engine
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
+    from pipeline.wiring import build_engine
 
-    engine = Engine(cfg)
+    engine = build_engine(cfg)
     out = []
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         for i, spec in enumerate(footage):
@@ -203,8 +208,8 @@ def bench_live(
     step: int = 2,
 ) -> dict[str, Any]:
     """Capacity search: returns per-N results and the largest N that held both bounds."""
+    from pipeline.config import StreamConfig
     from pipeline.live import LivePipeline, Published
-    from pipeline.live_source import StreamSpec
 
     results = []
     largest = 0
@@ -223,7 +228,7 @@ def bench_live(
         pipe = LivePipeline(live_cfg, publish)
         urls = rtsp_urls(n) if rtsp_urls else [str(clip)] * n
         for i, url in enumerate(urls):
-            pipe.add_stream(StreamSpec(f"cam{i}", url, fps=fps, loop=True, realtime=True))
+            pipe.add_stream(StreamConfig(f"cam{i}", url, fps=fps, loop=True, realtime=True))
         pipe.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(s.frames_decoded == 0 for s in pipe.streams()):

@@ -1,6 +1,6 @@
 """Live capacity benchmark: N looped 640x480 RTSP cameras at 10 fps into `vigil serve`.
 
-    .venv/bin/python benchmarks/live_capacity.py --streams 6 --seconds 300
+    .venv/bin/python -m benchmarks.live_capacity --streams 6 --seconds 300
 
 Starts the loopback GStreamer RTSP server (benchmarks/rtsp_server.py) with N mounts fed by a
 640x480, 10 fps H.264 clip made from the bundled sample, starts `vigil serve` with those N
@@ -25,11 +25,8 @@ from pathlib import Path
 import numpy as np
 import websockets
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks.report import make_clip, start_rtsp_server  # noqa: E402
-from benchmarks.serving import serve  # noqa: E402
+from benchmarks.report import make_clip, start_rtsp_server
+from benchmarks.serving import serve
 
 
 async def read_messages(url: str, seconds: float, warmup: float) -> list[tuple[float, float]]:

@@ -11,16 +11,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench import SAMPLE, bench_live, bench_replay, bench_stages
-from pipeline.config import VigilConfig, resolve_path
+from pipeline.config import VigilConfig
 from pipeline.types import VigilError
 
 
 def _fp32_model(cfg: VigilConfig) -> Path:
-    from models.manifest import ModelManifest
+    """The FP32 variant of the configured model (a bare ONNX file is used as it is)."""
+    from pipeline.wiring import resolve_model
 
-    path = resolve_path(cfg.model.manifest)
-    manifest = ModelManifest.load(path)
-    return manifest.file_path(path, f"onnx-fp32-{manifest.input_size}")
+    return resolve_model(cfg.model, "fp32").onnx
 
 
 def bench_baselines(cfg: VigilConfig, footage: list[str], max_frames: int) -> list[dict[str, Any]]:

@@ -78,7 +78,7 @@ def serve(config: dict[str, Any], tmp: Path) -> Iterator[Server]:
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.serve", "serve", "--config", str(path)],
+        [sys.executable, "-m", "cli.main", "serve", "--config", str(path)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -1,6 +1,7 @@
-"""The ``vigil`` command line: replay, eval and the model toolchain.
+"""The one ``vigil`` entry point: serve, replay, eval, bench and the model toolchain.
 
-Every user error ends as one line ``vigil: <what is wrong>`` on stderr and exit status 2.
+The only module allowed to import every room. Every user error ends as one line
+``vigil: <what is wrong>`` on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -94,11 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench import SAMPLE
     from benchmarks.report import run_bench
+    from pipeline.config import SAMPLE_CLIP
 
     cfg = _config(args)
-    footage = [str(p) for p in args.footage] or [str(SAMPLE)]
+    footage = [str(p) for p in args.footage] or [str(SAMPLE_CLIP)]
     for spec in footage:
         if not Path(spec).exists():
             raise VigilError(f"footage not found: {spec}")
@@ -124,12 +125,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    """The offline commands (replay, eval, models). ``server.serve`` adds ``serve``."""
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from server.serve import serve
+
+    return serve(load_config(args.config, {"server.host": args.host, "server.port": args.port}))
+
+
+def build_parser() -> argparse.ArgumentParser:
     from toolchain.cli_models import add_model_commands
 
     parser = argparse.ArgumentParser(prog="vigil", description="Vigil video analytics")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sv = sub.add_parser("serve", help="run the live server (REST, WebSocket, metrics)")
+    sv.add_argument("--config", type=Path, help="YAML config (see configs/default.yaml)")
+    sv.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (default from config: 8000)")
+    sv.set_defaults(func=cmd_serve)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -165,7 +178,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     bn.set_defaults(func=cmd_bench)
 
     add_model_commands(sub)
-    return parser, sub
+    return parser
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
@@ -184,7 +197,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser()[0], argv)
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

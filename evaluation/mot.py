@@ -107,12 +107,12 @@ def replay_sequences(
     ``progress(total_frames, name)`` may return a context manager with an ``update`` method."""
     from dataclasses import replace
 
-    from pipeline.engine import Engine
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
+    from pipeline.wiring import build_engine
 
     seqs = [read_sequence(p) for p in paths]
-    engine = engine or Engine(cfg)
+    engine = engine or build_engine(cfg)
     per_seq, replays = {}, {}
     for seq in seqs:
         seq_cfg = replace(cfg, source=replace(cfg.source, folder_fps=seq.fps))

@@ -1,90 +1,115 @@
 """Configuration: loaded once, validated with bounds, passed in. Nothing reads the environment.
 
-``configs/default.yaml`` documents every knob; a user file overrides any subset of it, and CLI
-flags override the file. Unknown keys and out-of-range values are refused with one line that
-names the key.
+The dataclasses below are the one schema of every knob: a field's default is the default, and
+its ``metadata`` holds its bounds (``range``), allowed values (``choices``), a ``pattern`` for
+names, or the dataclass of its ``items`` (a list of mappings). ``configs/default.yaml``
+documents the same knobs (a test keeps the two in step); a user file overrides any subset of it,
+and CLI flags override the file. Unknown keys and out-of-range values are refused with one line
+that names the key.
+
+Tracker parameters are each tracker's own dataclass (``trackers.*``), nested under
+``tracker.<name>``; streams are :class:`StreamConfig`, the one schema the config file, the REST
+API and the live pipeline share.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from pipeline.types import VigilError
+from trackers.deepsort import DeepSortParams
+from trackers.registry import TRACKERS
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "zoo" / "yolov5n" / "yolov5n.json"
 DEFAULT_REID = PACKAGE_ROOT / "models" / "zoo" / "reid" / "mobilenetv2_reid.onnx"
+SAMPLE_CLIP = PACKAGE_ROOT / "assets" / "one-by-one-person-detection.mp4"  # bundled, CC BY 4.0
+
+STREAM_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_T = TypeVar("_T")
+
+
+def bounded(default: float, lo: float, hi: float) -> Any:
+    """A numeric knob with inclusive bounds."""
+    return field(default=default, metadata={"range": (lo, hi)})
+
+
+def one_of(default: str, *choices: str) -> Any:
+    """A string knob with a fixed set of values."""
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     manifest: str = str(DEFAULT_MODEL)  # registry name[@version], manifest (.json) or .onnx
     registry: str = "models/registry"  # the user's model registry (searched before the zoo)
-    precision: str = "int8"  # int8 | fp32 | int8-qat (when the model has one)
-    backend: str = "auto"  # auto | onnxruntime | openvino
-    threads: int = 2  # intra-op threads of the detector and embedder
-    conf_threshold: float = 0.25
-    iou_threshold: float = 0.45
-    max_det: int = 300
+    precision: str = one_of("int8", "int8", "fp32", "int8-qat")
+    backend: str = one_of("auto", "auto", "onnxruntime", "openvino")
+    threads: int = bounded(2, 1, 64)  # intra-op threads of the detector and embedder
+    conf_threshold: float = bounded(0.25, 0.0, 1.0)
+    iou_threshold: float = bounded(0.45, 0.0, 1.0)
+    max_det: int = bounded(300, 1, 10000)
     classes: tuple[str, ...] = ("person",)  # class names, or ("all",)
 
 
 @dataclass(frozen=True)
 class BatchConfig:
-    max_batch: int = 8  # frames per detector call
-    queue_frames: int = 32  # bound of each queue between stages (frames)
+    max_batch: int = bounded(8, 1, 256)  # frames per detector call
+    queue_frames: int = bounded(32, 1, 4096)  # bound of each queue between stages (frames)
 
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    name: str = "deepsort"
-    embedder: str = "mobilenet"  # mobilenet | histogram
+    name: str = field(default="deepsort", metadata={"choices": tuple(TRACKERS)})
+    embedder: str = one_of("mobilenet", "mobilenet", "histogram")
     embedder_model: str = str(DEFAULT_REID)  # ONNX file of the mobilenet embedder
-    max_age: int = 30
-    n_init: int = 2
-    max_iou_distance: float = 0.7
-    max_cosine_distance: float = 0.3
-    nn_budget: int = 50
-    min_confidence: float = 0.0
-    init_confidence: float = 0.5
-    report_tentative: bool = True
+    # One section per registered tracker (a test checks that every tracker has one).
+    deepsort: DeepSortParams = field(default_factory=DeepSortParams)
+
+    def params(self) -> Any:
+        """The parameters of the chosen tracker (its own dataclass)."""
+        return getattr(self, self.name)
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    folder_fps: float = 25.0  # nominal rate of a frame folder without seqinfo.ini
-    rtsp_transport: str = "tcp"
-    timeout_s: float = 10.0
+    folder_fps: float = bounded(25.0, 0.1, 1000.0)  # nominal rate of a frame folder
+    rtsp_transport: str = one_of("tcp", "tcp", "udp")
+    timeout_s: float = bounded(10.0, 0.5, 600.0)
 
 
 @dataclass(frozen=True)
 class LiveConfig:
-    max_batch: int = 8  # frames (one per stream) per detector call in live mode
-    max_wait_ms: float = 15.0  # emit a partial batch once its oldest frame waited this long
-    stall_timeout_s: float = 10.0  # restart a stream that yielded no frame for this long
-    backoff_initial_s: float = 0.5  # first reconnection delay; doubles up to backoff_max_s
-    backoff_max_s: float = 30.0
-    max_streams: int = 64
+    max_batch: int = bounded(8, 1, 256)  # frames (one per stream) per detector call
+    max_wait_ms: float = bounded(15.0, 0.0, 1000.0)  # emit a partial batch after this wait
+    stall_timeout_s: float = bounded(10.0, 0.5, 3600.0)  # restart a silent stream
+    backoff_initial_s: float = bounded(0.5, 0.01, 60.0)  # first reconnection delay
+    backoff_max_s: float = bounded(30.0, 0.1, 3600.0)
+    max_streams: int = bounded(64, 1, 1024)
     # Niceness of the inference threads (Linux). Above 0, decoding, reconnecting and serving
     # win the CPU under overload: inference then drops frames instead of starving the cameras.
-    inference_nice: int = 5
+    inference_nice: int = bounded(5, 0, 19)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = bounded(8000, 0, 65535)
     media_root: str = "."  # file and folder streams must resolve inside this folder
     allow_http: bool = False  # accept http(s):// stream URLs
-    ws_queue: int = 64  # per-client queue of messages; the oldest are dropped beyond it
-    ws_ping_interval_s: float = 20.0  # WebSocket keepalive ping; a peer that misses a pong dies
-    ws_ping_timeout_s: float = 20.0
-    drain_timeout_s: float = 5.0  # shutdown: how long the batch in flight may take
+    ws_queue: int = bounded(64, 1, 100000)  # per-client queue; the oldest dropped beyond it
+    ws_ping_interval_s: float = bounded(20.0, 0.0, 3600.0)  # keepalive ping (0: off)
+    ws_ping_timeout_s: float = bounded(20.0, 0.1, 3600.0)
+    drain_timeout_s: float = bounded(5.0, 0.0, 600.0)  # shutdown: the batch in flight
+    # Kernel send buffer per connection, KiB (0: the OS default, which grows to MBs per client
+    # that stops reading); bounds what a stalled client can hold.
+    send_buffer_kb: int = bounded(256, 0, 65536)
 
 
 @dataclass(frozen=True)
@@ -93,8 +118,25 @@ class AuthConfig:
     keys_file: str = ""  # a file with one key (or sha256:<hex>) per line, or KEY=value lines
     protect_reads: bool = False  # also require a key for GET /api/* (healthz stays open)
     protect_metrics: bool = False  # require a key for /metrics
-    mutations_per_minute: int = 30  # per key; POST/DELETE beyond it get 429
+    mutations_per_minute: int = bounded(30, 1, 100000)  # per key; beyond it 429
     allow_anonymous_remote: bool = False  # serve without keys on a non-loopback host
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One live stream: the config file's ``streams:`` entries and the REST body alike.
+
+    ``fps``: inference rate (0: every decoded frame); ``loop`` and ``realtime`` apply to files
+    and folders (a recorded file played as a live camera); ``url`` is an ``rtsp://``,
+    ``rtsps://`` (``http(s)://`` if allowed) URL or a path under ``server.media_root``.
+    """
+
+    id: str = field(default="", metadata={"pattern": STREAM_ID, "required": True})
+    url: str = field(default="", metadata={"required": True, "max_length": 2048})
+    fps: float = bounded(10.0, 0.0, 240.0)
+    loop: bool = True
+    realtime: bool = True
+    rtsp_transport: str = one_of("tcp", "tcp", "udp")
 
 
 @dataclass(frozen=True)
@@ -106,56 +148,27 @@ class VigilConfig:
     live: LiveConfig = field(default_factory=LiveConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
-    streams: tuple[dict[str, Any], ...] = ()  # validated by pipeline.config.parse_streams
+    streams: tuple[StreamConfig, ...] = field(default=(), metadata={"items": StreamConfig})
 
 
-_BOUNDS: dict[str, tuple[float, float]] = {
-    "model.threads": (1, 64),
-    "model.conf_threshold": (0.0, 1.0),
-    "model.iou_threshold": (0.0, 1.0),
-    "model.max_det": (1, 10000),
-    "batch.max_batch": (1, 256),
-    "batch.queue_frames": (1, 4096),
-    "tracker.max_age": (1, 10000),
-    "tracker.n_init": (1, 100),
-    "tracker.max_iou_distance": (0.0, 1.0),
-    "tracker.max_cosine_distance": (0.0, 2.0),
-    "tracker.nn_budget": (1, 10000),
-    "tracker.min_confidence": (0.0, 1.0),
-    "tracker.init_confidence": (0.0, 1.0),
-    "source.folder_fps": (0.1, 1000.0),
-    "source.timeout_s": (0.5, 600.0),
-    "live.max_batch": (1, 256),
-    "live.max_wait_ms": (0.0, 1000.0),
-    "live.stall_timeout_s": (0.5, 3600.0),
-    "live.backoff_initial_s": (0.01, 60.0),
-    "live.backoff_max_s": (0.1, 3600.0),
-    "live.max_streams": (1, 1024),
-    "live.inference_nice": (0, 19),
-    "server.port": (0, 65535),
-    "server.ws_queue": (1, 100000),
-    "server.ws_ping_interval_s": (0.0, 3600.0),
-    "server.ws_ping_timeout_s": (0.1, 3600.0),
-    "server.drain_timeout_s": (0.0, 600.0),
-    "auth.mutations_per_minute": (1, 100000),
-}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "model.precision": ("int8", "fp32", "int8-qat"),
-    "model.backend": ("auto", "onnxruntime", "openvino"),
-    "tracker.embedder": ("mobilenet", "histogram"),
-    "source.rtsp_transport": ("tcp", "udp"),
-}
+def field_default(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise TypeError(f"{f.name} has no default")
 
 
-def _coerce(key: str, default: Any, value: Any) -> Any:
+def _coerce(key: str, f: Field[Any], default: Any, value: Any) -> Any:
+    item_type = f.metadata.get("items")
+    if item_type is not None:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise VigilError(f"config {key}: expected a list of mappings")
+        return tuple(parse_section(item_type, v, f"{key}[{i}].") for i, v in enumerate(value))
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise VigilError(f"config {key}: expected true or false, got {value!r}")
         return value
-    if key == "streams":
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise VigilError("config streams: expected a list of mappings (id, url, ...)")
-        return tuple(value)
     if isinstance(default, tuple):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
@@ -174,32 +187,62 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
     return value
 
 
-def _validate(key: str, value: Any) -> None:
-    if key in _BOUNDS:
-        lo, hi = _BOUNDS[key]
-        if not lo <= value <= hi:
+def _validate(key: str, f: Field[Any], value: Any) -> None:
+    meta = f.metadata
+    if "range" in meta:
+        lo, hi = meta["range"]
+        if not (math.isfinite(value) and lo <= value <= hi):
             raise VigilError(f"config {key}: {value} is outside [{lo:g}, {hi:g}]")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise VigilError(f"config {key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise VigilError(f"config {key}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if "pattern" in meta and not re.match(meta["pattern"], value):
+        raise VigilError(f"config {key}: {value!r} must match {meta['pattern']}")
+    if meta.get("required") and isinstance(value, str) and not value.strip():
+        raise VigilError(f"config {key}: must not be empty")
+    if "max_length" in meta and len(value) > meta["max_length"]:
+        raise VigilError(f"config {key}: longer than {meta['max_length']} characters")
 
 
-def _merge(obj: Any, data: dict[str, Any], prefix: str) -> Any:
+def _merge(obj: Any, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise VigilError(f"config {prefix.rstrip('.') or 'file'}: expected a mapping")
     known = {f.name: f for f in fields(obj)}
     changes: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}{name}"
-        if name not in known:
+        if not isinstance(name, str) or name not in known:
             raise VigilError(f"config: unknown key {key!r}")
         current = getattr(obj, name)
         if is_dataclass(current):
-            changes[name] = _merge(current, value or {}, f"{key}.")
+            changes[name] = _merge(current, {} if value is None else value, f"{key}.")
         else:
-            coerced = _coerce(key, current, value)
-            _validate(key, coerced)
+            coerced = _coerce(key, known[name], current, value)
+            _validate(key, known[name], coerced)
             changes[name] = coerced
     return replace(obj, **changes)
+
+
+def parse_section(cls: type[_T], data: Any, prefix: str = "") -> _T:
+    """Build dataclass ``cls`` from a mapping, with every check of the config loader; fields
+    marked ``required`` must be present."""
+    if not isinstance(data, dict):
+        raise VigilError(f"config {prefix.rstrip('.') or 'entry'}: expected a mapping")
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.metadata.get("required") and f.name not in data:
+            raise VigilError(f"config {prefix}{f.name}: required")
+    obj: _T = _merge(cls(), data, prefix)
+    return obj
+
+
+def parse_stream(data: Any) -> StreamConfig:
+    """One stream entry (config file or REST body) -> :class:`StreamConfig`, or VigilError."""
+    sid = data.get("id") if isinstance(data, dict) else None
+    prefix = f"stream {sid}: " if isinstance(sid, str) and re.match(STREAM_ID, sid) else "stream "
+    try:
+        stream = parse_section(StreamConfig, data, "")
+    except VigilError as e:
+        raise VigilError(prefix + str(e).removeprefix("config: ").removeprefix("config ")) from None
+    return replace(stream, url=stream.url.strip())
 
 
 def resolve_path(value: str) -> Path:
@@ -219,47 +262,21 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise VigilError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise VigilError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
         cfg = _merge(cfg, data, "")
     nested: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
-        section, _, name = dotted.partition(".")
-        nested.setdefault(section, {})[name] = value
-    return _merge(cfg, nested, "") if nested else cfg
-
-
-_STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_STREAM_KEYS = {"id", "url", "fps", "loop", "realtime", "rtsp_transport"}
-
-
-def validate_stream(data: dict[str, Any]) -> dict[str, Any]:
-    """Check one stream entry (config file or REST body); returns it with defaults filled."""
-    unknown = set(data) - _STREAM_KEYS
-    if unknown:
-        raise VigilError(f"stream: unknown key {sorted(unknown)[0]!r}")
-    sid = data.get("id")
-    if not isinstance(sid, str) or not _STREAM_ID.match(sid):
-        raise VigilError(f"stream id must match {_STREAM_ID.pattern}, got {sid!r}")
-    url = data.get("url")
-    if not isinstance(url, str) or not url.strip():
-        raise VigilError(f"stream {sid}: url must be a non-empty string")
-    fps = data.get("fps", 10.0)
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 <= fps <= 240:
-        raise VigilError(f"stream {sid}: fps must be a number in [0, 240], got {fps!r}")
-    for flag in ("loop", "realtime"):
-        if not isinstance(data.get(flag, True), bool):
-            raise VigilError(f"stream {sid}: {flag} must be true or false")
-    transport = data.get("rtsp_transport", "tcp")
-    if transport not in ("tcp", "udp"):
-        raise VigilError(f"stream {sid}: rtsp_transport must be tcp or udp")
-    return {
-        "id": sid,
-        "url": url.strip(),
-        "fps": float(fps),
-        "loop": data.get("loop", True),
-        "realtime": data.get("realtime", True),
-        "rtsp_transport": transport,
-    }
+        node = nested
+        *parents, name = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = value
+    cfg = _merge(cfg, nested, "") if nested else cfg
+    ids = [s.id for s in cfg.streams]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup is not None:
+        raise VigilError(f"config streams: the id {dup!r} is used twice")
+    return cfg

@@ -9,15 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from models.detector import Detector, create_detector
-from models.manifest import ModelManifest
+from models.detector import Detector
 from models.postprocess import postprocess
-from models.reid import Embedder, create_embedder
-from pipeline.config import VigilConfig, resolve_path
+from models.reid import Embedder
 from pipeline.preprocess import CpuPreprocessor, boxes_to_source
 from pipeline.types import Detections, Frame, VigilError
 
@@ -36,25 +33,6 @@ class ModelInfo:
     class_names: tuple[str, ...]
 
 
-def resolve_model(cfg: VigilConfig) -> tuple[Path, ModelManifest | None]:
-    """The ONNX file to run and its manifest (None for a bare ``.onnx``)."""
-    from models.registry import is_reference, resolve
-
-    if is_reference(cfg.model.manifest):
-        spec = resolve(cfg.model.manifest, resolve_path(cfg.model.registry))
-    else:
-        spec = resolve_path(cfg.model.manifest)
-    if spec.suffix == ".onnx":
-        if not spec.is_file():
-            raise VigilError(f"model file not found: {spec}")
-        return spec, None
-    if spec.suffix != ".json":
-        raise VigilError(f"model must be a manifest (.json) or an ONNX file (.onnx): {spec}")
-    manifest = ModelManifest.load(spec)
-    role = f"onnx-{cfg.model.precision}-{manifest.input_size}"
-    return manifest.file_path(spec, role), manifest
-
-
 def class_filter(names: Sequence[str], wanted: Sequence[str]) -> np.ndarray | None:
     """Class ids for ``wanted`` (names or integer ids); None means every class."""
     if not wanted or "all" in wanted:
@@ -71,35 +49,32 @@ def class_filter(names: Sequence[str], wanted: Sequence[str]) -> np.ndarray | No
 
 
 class Engine:
-    """Batched detection + appearance for frames of any streams."""
+    """Batched detection + appearance for frames of any streams (built by
+    :func:`pipeline.wiring.build_engine`).
 
-    def __init__(self, cfg: VigilConfig, need_embeddings: bool = True) -> None:
-        from evaluation.detection import COCO_NAMES
-        from models.manifest import sha256_file
+    classes: model class ids to keep (None: all); embedder: None when the tracker needs no
+    appearance; thresholds as in ``model.*`` of the config; max_batch: frames per call.
+    """
 
-        self.cfg = cfg
-        path, manifest = resolve_model(cfg)
-        self.detector: Detector = create_detector(path, cfg.model.backend, cfg.model.threads)
-        nc = self.detector.num_outputs - 5
-        names = manifest.class_names if manifest else (COCO_NAMES if nc == 80 else [])
-        names = names or [f"class{i}" for i in range(nc)]
-        self.classes = class_filter(names, cfg.model.classes)
-        self.info = ModelInfo(
-            name=manifest.name if manifest else path.stem,
-            version=manifest.version if manifest else "unversioned",
-            precision=cfg.model.precision if manifest else "as-file",
-            backend=self.detector.backend,
-            file=path.name,
-            sha256=sha256_file(path),
-            input_size=self.detector.input_size,
-            class_names=tuple(names),
-        )
-        self.pre = CpuPreprocessor(self.detector.input_size, cfg.batch.max_batch)
-        self.embedder: Embedder | None = None
-        if need_embeddings:
-            self.embedder = create_embedder(
-                cfg.tracker.embedder, resolve_path(cfg.tracker.embedder_model), cfg.model.threads
-            )
+    def __init__(
+        self,
+        detector: Detector,
+        info: ModelInfo,
+        classes: np.ndarray | None,
+        embedder: Embedder | None,
+        conf_threshold: float = 0.25,
+        iou_threshold: float = 0.45,
+        max_det: int = 300,
+        max_batch: int = 8,
+    ) -> None:
+        self.detector = detector
+        self.info = info
+        self.classes = classes
+        self.embedder = embedder
+        self.conf_threshold = conf_threshold
+        self.iou_threshold = iou_threshold
+        self.max_det = max_det
+        self.pre = CpuPreprocessor(detector.input_size, max_batch)
 
     def process(
         self, frames: Sequence[Frame], timings: dict[str, float] | None = None
@@ -108,7 +83,6 @@ class Engine:
 
         ``timings`` (if given) receives milliseconds per stage for the whole batch.
         """
-        m = self.cfg.model
         t0 = time.perf_counter()
         batch, geoms = self.pre([f.image for f in frames])
         t1 = time.perf_counter()
@@ -116,7 +90,9 @@ class Engine:
         t2 = time.perf_counter()
         dets = []
         for pred, g in zip(raw, geoms, strict=True):
-            d = postprocess(pred, m.conf_threshold, m.iou_threshold, self.classes, m.max_det)
+            d = postprocess(
+                pred, self.conf_threshold, self.iou_threshold, self.classes, self.max_det
+            )
             dets.append(Detections(boxes_to_source(d.xyxy, g), d.confidence, d.class_id))
         t3 = time.perf_counter()
         embeds: list[np.ndarray | None] = [None] * len(frames)

@@ -15,42 +15,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.batcher import Backoff, CrossStreamBatcher
-from pipeline.config import VigilConfig
-from pipeline.encode import encode_message
+from pipeline.config import StreamConfig, VigilConfig
 from pipeline.engine import Engine
-from pipeline.live_source import LiveStream, StreamSpec, StreamState
-from pipeline.replay import make_tracker
-from pipeline.types import Tracks, VigilError
-
-
-@dataclass(frozen=True)
-class Published:
-    """One frame's result: the encoded v1 message and the tracks it was encoded from."""
-
-    stream: str
-    seq: int
-    arrival: float
-    data: bytes
-    tracks: Tracks
-
-
-@dataclass
-class _StreamState:
-    stream: LiveStream
-    tracker: Any
-    seq: int = 0
-    rates: dict[str, float] = field(default_factory=dict)
-    last_counts: tuple[int, int] = (0, 0)
+from pipeline.live_source import LiveStream, StreamState
+from pipeline.live_step import Published, StepGuard, StreamRuntime, run_step
+from pipeline.types import Frame, VigilError
+from pipeline.wiring import build_engine, build_tracker
 
 
 class LivePipeline:
+    """The streams, the batcher and the inference thread of ``vigil serve``.
+
+    ``failure`` is empty while the inference thread runs; if it ever dies it says why, and
+    ``ready`` turns False (the server's /readyz then answers 503 with that reason).
+    """
+
     def __init__(
         self,
         cfg: VigilConfig,
@@ -64,17 +50,25 @@ class LivePipeline:
         self._observe = observe_stage
         self._batcher = CrossStreamBatcher(cfg.live.max_batch, cfg.live.max_wait_ms)
         self._wakeup = threading.Condition()
-        self._streams: dict[str, _StreamState] = {}
+        self._streams: dict[str, StreamRuntime] = {}
+        self.guard = StepGuard()
+        self.failure = ""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads = [
             threading.Thread(target=self._infer_loop, name="vigil-infer", daemon=True),
             threading.Thread(target=self._watchdog, name="vigil-watchdog", daemon=True),
         ]
-        self.ready = False
+        self._started = False
+
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping, and the inference thread alive."""
+        return self._started and not self._stopping.is_set() and not self.failure
 
     # -- streams ------------------------------------------------------------------------
-    def add_stream(self, spec: StreamSpec) -> LiveStream:
+    def add_stream(self, spec: StreamConfig, url: str | None = None) -> LiveStream:
+        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``)."""
         with self._lock:
             if spec.id in self._streams:
                 raise VigilError(f"stream {spec.id!r} already exists")
@@ -83,13 +77,14 @@ class LivePipeline:
                 raise VigilError(f"at most {s.max_streams} streams")
             stream = LiveStream(
                 spec,
+                url,
                 self._wakeup,
                 stall_timeout_s=s.stall_timeout_s,
                 timeout_s=self.cfg.source.timeout_s,
                 backoff=Backoff(s.backoff_initial_s, s.backoff_max_s),
                 allow_http=self.cfg.server.allow_http,
             )
-            self._streams[spec.id] = _StreamState(stream, make_tracker(self.cfg))
+            self._streams[spec.id] = StreamRuntime(stream, build_tracker(self.cfg.tracker))
         stream.start()
         return stream
 
@@ -98,6 +93,7 @@ class LivePipeline:
             st = self._streams.pop(stream_id, None)
         if st is None:
             raise KeyError(stream_id)
+        st.removed = True  # a batch in flight must not publish for it any more
         st.stream.stop()
 
     def streams(self) -> list[LiveStream]:
@@ -109,6 +105,12 @@ class LivePipeline:
             st = self._streams.get(stream_id)
         return None if st is None else st.stream
 
+    def errors(self, stream_id: str) -> int:
+        """Tracker/encoder/publish failures of the stream so far."""
+        with self._lock:
+            st = self._streams.get(stream_id)
+        return st.errors if st else 0
+
     def rates(self, stream_id: str) -> dict[str, float]:
         with self._lock:
             st = self._streams.get(stream_id)
@@ -118,11 +120,10 @@ class LivePipeline:
     def start(self) -> None:
         for t in self._threads:
             t.start()
-        self.ready = True
+        self._started = True
 
     def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Stop intake (every FFmpeg child ends), let the batch in flight finish, join."""
-        self.ready = False
         for stream in self.streams():
             stream.stop()
         self._stopping.set()
@@ -151,7 +152,7 @@ class LivePipeline:
                     st.last_counts = (dec, inf)
                 last = now
 
-    def _collect(self) -> list[tuple[_StreamState, Any]]:
+    def _collect(self) -> list[tuple[StreamRuntime, Frame]]:
         """Block until the batcher says a batch is due; take one frame from each chosen slot."""
         with self._wakeup:
             while not self._stopping.is_set():
@@ -172,33 +173,19 @@ class LivePipeline:
         return []
 
     def _infer_loop(self) -> None:
-        lower_thread_priority(self.cfg.live.inference_nice)
-        while not self._stopping.is_set():
-            batch = self._collect()
-            if not batch:
-                continue
-            frames = [f for _, f in batch]
-            timings: dict[str, float] = {}
-            try:
-                dets, embeds = self.engine.process(frames, timings)
-            except Exception as e:  # a bad frame must not kill the loop for every stream
-                for st, _ in batch:
-                    st.stream.last_error = f"inference failed: {e}"
-                continue
-            for (st, frame), d, emb in zip(batch, dets, embeds, strict=True):
-                t0 = time.perf_counter()
-                tracks = st.tracker.update(d, emb, frame.index, frame.pts)
-                t1 = time.perf_counter()
-                data = encode_message(tracks, frame.stream_id, st.seq, frame.arrival)
-                t2 = time.perf_counter()
-                timings["track"] = timings.get("track", 0.0) + (t1 - t0) * 1e3
-                timings["encode"] = timings.get("encode", 0.0) + (t2 - t1) * 1e3
-                self._publish(Published(frame.stream_id, st.seq, frame.arrival, data, tracks))
-                st.seq += 1
-                st.stream.frames_inferred += 1
-            if self._observe is not None:
-                for name, ms in timings.items():
-                    self._observe(name, ms / len(frames))
+        try:
+            lower_thread_priority(self.cfg.live.inference_nice)
+            while not self._stopping.is_set():
+                batch = self._collect()
+                if not batch:
+                    continue
+                timings = run_step(batch, self.engine, self._publish, self.guard)
+                if self._observe is not None:
+                    for name, ms in timings.items():
+                        self._observe(name, ms / len(batch))
+        except BaseException as e:  # the guard keeps per-stream failures out of here
+            self.failure = f"inference thread died: {type(e).__name__}: {e}".splitlines()[0]
+            print(f"vigil: {self.failure}", file=sys.stderr, flush=True)
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -219,7 +206,7 @@ def build_engine_low_priority(cfg: VigilConfig) -> Engine:
     def build() -> None:
         lower_thread_priority(cfg.live.inference_nice)
         try:
-            box["engine"] = Engine(cfg)
+            box["engine"] = build_engine(cfg)
         except BaseException as e:
             box["error"] = e
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from dataclasses import dataclass
 
 from pipeline.batcher import Backoff, LatestSlot, RateGate
+from pipeline.config import StreamConfig
 from pipeline.sources import FFmpegSource, redact
 from pipeline.types import VigilError
 
@@ -34,30 +34,13 @@ class StreamState(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class StreamSpec:
-    """What a user asks for. ``fps``: inference rate (0: every frame). ``loop`` and
-    ``realtime`` apply to files and folders (a recorded file played as a live camera)."""
-
-    id: str
-    url: str
-    fps: float = 10.0
-    loop: bool = True
-    realtime: bool = True
-    rtsp_transport: str = "tcp"
-    shown: str = ""  # how the API shows the source (as the user gave it, credentials redacted)
-
-    @property
-    def is_network(self) -> bool:
-        return self.url.lower().startswith(("rtsp://", "rtsps://", "http://", "https://"))
-
-
 class LiveStream:
     """Supervises one source; thread-safe reads of its counters for the API and metrics."""
 
     def __init__(
         self,
-        spec: StreamSpec,
+        spec: StreamConfig,
+        url: str | None = None,
         wakeup: threading.Condition | None = None,
         stall_timeout_s: float = 10.0,
         timeout_s: float = 10.0,
@@ -65,6 +48,10 @@ class LiveStream:
         allow_http: bool = False,
     ) -> None:
         self.spec = spec
+        self.url = url or spec.url  # what FFmpeg opens (a path made absolute by the URL policy)
+        self.is_network = self.url.lower().startswith(
+            ("rtsp://", "rtsps://", "http://", "https://")
+        )
         self.slot = LatestSlot(wakeup)
         self.gate = RateGate(spec.fps)
         self.state = StreamState.CONNECTING
@@ -86,8 +73,12 @@ class LiveStream:
         self._thread = threading.Thread(target=self._run, name=f"vigil-src-{spec.id}", daemon=True)
 
     @property
+    def stream_id(self) -> str:
+        return self.spec.id
+
+    @property
     def url_redacted(self) -> str:
-        return redact(self.spec.shown or self.spec.url)
+        return redact(self.spec.url)
 
     def start(self) -> None:
         self._thread.start()
@@ -120,12 +111,12 @@ class LiveStream:
 
     def _open(self) -> FFmpegSource:
         return FFmpegSource(
-            self.spec.url,
+            self.url,
             stream_id=self.spec.id,
             rtsp_transport=self.spec.rtsp_transport,
             timeout_s=self._timeout,
-            realtime=self.spec.realtime and not self.spec.is_network,
-            loop=self.spec.loop and not self.spec.is_network,
+            realtime=self.spec.realtime and not self.is_network,
+            loop=self.spec.loop and not self.is_network,
             allow_http=self._allow_http,
         )
 
@@ -151,13 +142,13 @@ class LiveStream:
                     if self._stop.is_set():
                         break
                 error = src.last_error or "the source ended"
-                ended = not self.spec.is_network and not self.spec.loop
+                ended = not self.is_network and not self.spec.loop
                 if ended and not self._stop.is_set() and self.state is StreamState.LIVE:
                     self.state = StreamState.STOPPED  # a file played once has finished
                     return
             except VigilError as e:
                 error = str(e)
-                if not self.spec.is_network and "not found" in error:
+                if not self.is_network and "not found" in error:
                     self.state, self.last_error = StreamState.FAILED, error
                     return
             except Exception as e:  # never let one stream's thread die silently

@@ -26,7 +26,7 @@ from pipeline.sinks import ReplaySinks
 from pipeline.sources import FFmpegSource
 from pipeline.stats import StageStats
 from pipeline.types import Frame, VigilError
-from trackers.registry import create_tracker
+from pipeline.wiring import build_engine, build_tracker
 
 STAGES = ("decode", "preprocess", "infer", "nms", "embed", "track", "encode")
 _END = object()
@@ -52,21 +52,6 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def make_tracker(cfg: VigilConfig) -> Any:
-    t = cfg.tracker
-    return create_tracker(
-        t.name,
-        max_age=t.max_age,
-        n_init=t.n_init,
-        max_iou_distance=t.max_iou_distance,
-        max_cosine_distance=t.max_cosine_distance,
-        nn_budget=t.nn_budget,
-        min_confidence=t.min_confidence,
-        init_confidence=t.init_confidence,
-        report_tentative=t.report_tentative,
-    )
-
-
 class Replay:
     """One replay of one source into ``out_dir``; ``run()`` returns the summary dict."""
 
@@ -79,8 +64,8 @@ class Replay:
     ) -> None:
         self.source = source
         self.cfg = cfg
-        self.engine = engine or Engine(cfg)
-        self.tracker = make_tracker(cfg)
+        self.engine = engine or build_engine(cfg)
+        self.tracker = build_tracker(cfg.tracker)
         self.sinks = ReplaySinks(out_dir, source.stream_id)
         self.stats = StageStats(STAGES)
         self._stop = threading.Event()

@@ -52,6 +52,8 @@ class ReplaySinks:
             partial = self.out_dir / f".{name}.partial"
             if self._ok:
                 os.replace(partial, self.out_dir / name)
+            else:
+                partial.unlink(missing_ok=True)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         tmp = self.out_dir / ".summary.json.partial"

@@ -79,12 +79,6 @@ class Detections:
     def __len__(self) -> int:
         return int(self.xyxy.shape[0])
 
-    def select(self, mask_or_index: np.ndarray) -> Detections:
-        """A subset by boolean mask or integer index array (order preserved)."""
-        return Detections(
-            self.xyxy[mask_or_index], self.confidence[mask_or_index], self.class_id[mask_or_index]
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Tracks:

@@ -13,34 +13,29 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from pipeline.config import VigilConfig, validate_stream
-from pipeline.live import LivePipeline, Published, build_engine_low_priority
-from pipeline.live_source import LiveStream, StreamSpec
+from pipeline.config import StreamConfig, VigilConfig, parse_stream
+from pipeline.live import LivePipeline, build_engine_low_priority
+from pipeline.live_source import LiveStream
+from pipeline.live_step import Published
 from pipeline.types import VigilError
 from server.auth import ApiKeys, RateLimiter, digest
 from server.hub import Hub
 from server.metrics import Metrics
+from server.schema import rest_model
 from server.urls import check_stream_url
 
 HANDOFF_LIMIT = 1024
 CLOSE_GOING_AWAY = 1001
 
 
-class StreamIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=64)
-    url: str = Field(min_length=1, max_length=2048)
-    fps: float = 10.0
-    loop: bool = True
-    realtime: bool = True
-    rtsp_transport: str = "tcp"
+StreamIn = rest_model(StreamConfig, "StreamIn")
 
 
 class _Runtime:
@@ -71,7 +66,9 @@ class _Runtime:
     def _deliver(self, msg: Published) -> None:
         with self._pending_lock:
             self._pending -= 1
-        if self.hub is not None:
+        # A message of a stream deleted while it was in flight is dropped here, on the loop,
+        # after the deletion's own cleanup: it must not bring the stream's snapshot back.
+        if self.hub is not None and self.pipeline is not None and self.pipeline.get(msg.stream):
             self.hub.publish(msg)
 
     async def start(self) -> None:
@@ -94,15 +91,14 @@ class _Runtime:
             cfg, self.handoff, engine, observe_stage=self.metrics.observe_stage
         )
         for entry in cfg.streams:
-            self.pipeline.add_stream(self.spec(entry))
+            self.pipeline.add_stream(*self.spec(entry))
         self.pipeline.start()
 
-    def spec(self, entry: dict[str, Any]) -> StreamSpec:
-        data = validate_stream(entry)
+    def spec(self, entry: dict[str, Any] | StreamConfig) -> tuple[StreamConfig, str]:
+        """A validated stream and the URL FFmpeg will open (the URL policy applied)."""
+        stream = entry if isinstance(entry, StreamConfig) else parse_stream(entry)
         root = Path(self.cfg.server.media_root)
-        shown = data["url"]
-        data["url"] = check_stream_url(shown, root, self.cfg.server.allow_http)
-        return StreamSpec(**data, shown=shown)
+        return stream, check_stream_url(stream.url, root, self.cfg.server.allow_http)
 
     async def stop(self) -> None:
         """Stop intake and drain (off the loop), then close every client with 1001."""
@@ -124,7 +120,7 @@ class _Runtime:
                 self.hub.disconnect(client)
 
 
-def stream_status(stream: LiveStream, rates: dict[str, float]) -> dict[str, Any]:
+def stream_status(stream: LiveStream, rates: dict[str, float], errors: int = 0) -> dict[str, Any]:
     return {
         "id": stream.spec.id,
         "url": stream.url_redacted,
@@ -140,6 +136,7 @@ def stream_status(stream: LiveStream, rates: dict[str, float]) -> dict[str, Any]
         "drops": stream.slot.dropped,
         "skipped": stream.gate.skipped,
         "reconnects": stream.reconnects,
+        "errors": errors,
         "queue_depth": stream.slot.depth,
     }
 
@@ -202,8 +199,16 @@ def create_app(cfg: VigilConfig) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ok = rt.pipeline is not None and rt.pipeline.ready and not rt.stopped
-        return JSONResponse({"ready": ok, "model": rt.model}, status_code=200 if ok else 503)
+        p = rt.pipeline
+        ok = p is not None and p.ready and not rt.stopped
+        body: dict[str, Any] = {"ready": ok, "model": rt.model}
+        if p is not None and p.failure:
+            body["reason"] = p.failure
+        elif rt.stopped:
+            body["reason"] = "shutting down"
+        elif not ok:
+            body["reason"] = "starting"
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -216,7 +221,7 @@ def create_app(cfg: VigilConfig) -> FastAPI:
     @app.get("/api/streams", dependencies=[Depends(read_access)])
     async def list_streams() -> list[dict[str, Any]]:
         p = pipeline()
-        return [stream_status(s, p.rates(s.spec.id)) for s in p.streams()]
+        return [stream_status(s, p.rates(s.spec.id), p.errors(s.spec.id)) for s in p.streams()]
 
     @app.get("/api/streams/{stream_id}", dependencies=[Depends(read_access)])
     async def get_stream(stream_id: str) -> dict[str, Any]:
@@ -224,15 +229,15 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         s = p.get(stream_id)
         if s is None:
             raise HTTPException(404, f"no stream {stream_id!r}")
-        return stream_status(s, p.rates(stream_id))
+        return stream_status(s, p.rates(stream_id), p.errors(stream_id))
 
     @app.post("/api/streams", status_code=201, dependencies=[Depends(mutation)])
-    async def add_stream(body: StreamIn) -> dict[str, Any]:
+    async def add_stream(body: StreamIn) -> dict[str, Any]:  # type: ignore[valid-type]
         p = pipeline()
-        spec = rt.spec(body.model_dump())
+        spec, url = rt.spec(cast(BaseModel, body).model_dump())
         if p.get(spec.id) is not None:
             raise HTTPException(409, f"stream {spec.id!r} already exists")
-        stream = await asyncio.get_running_loop().run_in_executor(None, p.add_stream, spec)
+        stream = await asyncio.get_running_loop().run_in_executor(None, p.add_stream, spec, url)
         return stream_status(stream, {})
 
     @app.delete("/api/streams/{stream_id}", status_code=204, dependencies=[Depends(mutation)])

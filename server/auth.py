@@ -68,7 +68,9 @@ class ApiKeys:
 
 
 class RateLimiter:
-    """Token bucket per client identity (a key digest or a peer address), bounded in size."""
+    """Token bucket per client identity (a key digest or a peer address), bounded in size:
+    beyond ``max_clients`` identities the least recently seen one is forgotten (it comes back
+    with a full bucket, the same as an identity that stayed away for a minute)."""
 
     def __init__(self, per_minute: int, max_clients: int = 4096) -> None:
         self.capacity = float(per_minute)
@@ -80,9 +82,9 @@ class RateLimiter:
     def allow(self, who: bytes | str, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         with self._lock:
-            tokens, last = self._buckets.get(who, (self.capacity, now))
+            tokens, last = self._buckets.pop(who, (self.capacity, now))  # re-inserted: LRU
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if len(self._buckets) >= self._max and who not in self._buckets:
+            while len(self._buckets) >= self._max:
                 self._buckets.pop(next(iter(self._buckets)))
             if tokens < 1.0:
                 self._buckets[who] = (tokens, now)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.encode import encode_message
-from pipeline.live import Published
+from pipeline.live_step import Published
 
 
 @dataclass(eq=False)
@@ -51,11 +51,14 @@ class Client:
     def __post_init__(self) -> None:
         self.queue = deque(maxlen=self.queue_size)
 
-    def enqueue(self, text: str, arrival: float) -> None:
-        if len(self.queue) == self.queue.maxlen:
+    def enqueue(self, text: str, arrival: float) -> bool:
+        """Queue a message; True if the oldest one had to be dropped for it."""
+        dropped = len(self.queue) == self.queue.maxlen
+        if dropped:
             self.lost += 1
         self.queue.append((text, arrival))
         self.wake.set()
+        return dropped
 
     def wants(self, stream: str) -> bool:
         return self.streams is None or stream in self.streams
@@ -85,16 +88,19 @@ class Hub:
             return
         full = msg.data.decode()
         filtered: dict[frozenset[int], str] = {}
+        dropped = 0
         for c in self.clients:
             if not c.wants(msg.stream):
                 continue
             if c.classes is None:
-                c.enqueue(full, msg.arrival)
+                dropped += c.enqueue(full, msg.arrival)
                 continue
             text = filtered.get(c.classes)
             if text is None:
                 text = filtered[c.classes] = _encode_filtered(msg, c.classes)
-            c.enqueue(text, msg.arrival)
+            dropped += c.enqueue(text, msg.arrival)
+        if dropped and self._on_lost is not None:
+            self._on_lost(dropped)  # counted when dropped, even while a sender is blocked
 
     def forget_stream(self, stream: str) -> None:
         self.latest.pop(stream, None)
@@ -182,8 +188,6 @@ class Hub:
             if client.lost > client.lost_reported:
                 n = client.lost - client.lost_reported
                 client.lost_reported = client.lost
-                if self._on_lost is not None:
-                    self._on_lost(n)
                 await client.send(json.dumps({"op": "lost", "count": n}))
             while client.queue:
                 text, arrival = client.queue.popleft()

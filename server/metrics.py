@@ -28,6 +28,7 @@ class _StreamCollector(Collector):
             "frames_dropped": "Frames replaced in the LATEST slot before inference (stale)",
             "frames_skipped": "Frames skipped by the per-stream inference rate",
             "reconnects": "Reconnections (stalls, errors, source ends)",
+            "errors": "Tracker, encoder or publish failures (caught at the stream's boundary)",
         }
         fams = {
             k: CounterMetricFamily(f"vigil_stream_{k}", doc, labels=["stream"])
@@ -47,6 +48,7 @@ class _StreamCollector(Collector):
                 "frames_dropped": s.slot.dropped,
                 "frames_skipped": s.gate.skipped,
                 "reconnects": s.reconnects,
+                "errors": p.errors(sid) if p is not None else 0,
             }
             for k, v in values.items():
                 fams[k].add_metric([sid], v)
@@ -58,6 +60,13 @@ class _StreamCollector(Collector):
                 state.add_metric([sid, st], 1.0 if str(s.state) == st else 0.0)
         yield from fams.values()
         yield from (depth, dec, inf, state)
+        failures = CounterMetricFamily(
+            "vigil_engine_failures", "Batches the detector/embedder failed on (frames lost)"
+        )
+        failures.add_metric([], p.guard.engine_failures if p is not None else 0)
+        alive = GaugeMetricFamily("vigil_inference_alive", "1 while the inference thread runs")
+        alive.add_metric([], 1.0 if p is not None and not p.failure else 0.0)
+        yield from (failures, alive)
 
 
 class Metrics:

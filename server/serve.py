@@ -1,6 +1,4 @@
-"""``vigil serve``: the live server. Also the ``vigil`` entry point (it adds ``serve`` to the
-offline commands of :mod:`cli.main`, keeping the dependency rule: pipeline never imports
-server).
+"""Run the live server (``vigil serve``, wired by :mod:`cli.main`) under uvicorn.
 
 Shutdown on SIGTERM/SIGINT, in order: stop intake (every FFmpeg child ends), drain the batch in
 flight with a deadline, close WebSocket clients with 1001, then let uvicorn stop. A second
@@ -9,16 +7,15 @@ signal forces the exit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import signal
-import sys
+import socket
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cli.main import build_parser, run
+from pipeline.config import VigilConfig
 from pipeline.types import VigilError
 
 
@@ -29,6 +26,29 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket:
+    """The bound server socket. With ``send_buffer_kb`` > 0 every accepted connection inherits
+    that kernel send buffer: a client that stops reading then holds at most that much kernel
+    memory (Linux otherwise autotunes it up to ``tcp_wmem``'s maximum, about 4 MB each)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise VigilError(f"server.host {host!r} does not resolve ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer_kb > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_kb * 1024)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise VigilError(f"could not serve on {host}:{port} ({e.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _graceful_server(app: Any, config: Any) -> Any:
@@ -54,14 +74,13 @@ def _graceful_server(app: Any, config: Any) -> Any:
     return GracefulServer(config)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve(cfg: VigilConfig) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status. VigilError for bad settings."""
     import uvicorn
 
-    from pipeline.config import load_config
     from server.app import create_app
     from server.auth import ApiKeys
 
-    cfg = load_config(args.config, {"server.host": args.host, "server.port": args.port})
     keys = ApiKeys(cfg.auth)
     if (
         not keys.enabled
@@ -101,21 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # place that ends the process normally (exit 0) instead of dying by the signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
+    sock = listening_socket(cfg.server.host, cfg.server.port, cfg.server.send_buffer_kb)
+    server.run(sockets=[sock])
     if not server.started:
         raise VigilError(f"could not serve on {base} (is the port in use?)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser, sub = build_parser()
-    sv = sub.add_parser("serve", help="run the live server (REST, WebSocket, metrics)")
-    sv.add_argument("--config", type=Path, help="YAML config (see configs/default.yaml)")
-    sv.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
-    sv.add_argument("--port", type=int, help="port (default from config: 8000)")
-    sv.set_defaults(func=cmd_serve)
-    return run(parser, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

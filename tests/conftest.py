@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-SAMPLE_CLIP = REPO / "assets" / "one-by-one-person-detection.mp4"
+from tests.factories import REPO, SAMPLE_CLIP, SHARED_DATA, shared
 
-
-def shared(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test saying what is missing."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs {path} (../shared/data is not beside this checkout)")
-    return path
+__all__ = ["REPO", "SAMPLE_CLIP", "SHARED_DATA", "shared"]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -27,12 +28,28 @@ def test_latest_slot_keeps_newest_and_counts_drops() -> None:
 
 
 def test_latest_slot_memory_is_one_frame_over_thousands() -> None:
+    """10,000 frames of 1 MB each, a consumer that takes every 7th: exactly the replaced frames
+    are counted as dropped, each take gets the newest frame, and only one frame stays alive."""
     slot = LatestSlot()
-    for i in range(10_000):
-        slot.put(_frame(i, float(i)))
-        if i % 7 == 0:
-            slot.take()
-    assert slot.depth <= 1 and slot.dropped + 10_000 // 7 + 1 >= 10_000 - 1
+    big = np.zeros((512, 683, 3), np.uint8)  # about 1 MB
+    tracemalloc.start()
+    try:
+        taken = 0
+        for i in range(10_000):
+            slot.put(Frame("s", i, i / 10, big.copy(), float(i)))
+            if i % 7 == 0:
+                f = slot.take()
+                assert f is not None and f.index == i  # always the newest
+                taken += 1
+                del f
+            if i == 100:
+                base = tracemalloc.get_traced_memory()[0]
+        peak_growth = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert slot.accepted == 10_000
+    assert slot.dropped == 10_000 - taken - slot.depth
+    assert peak_growth < 3 * big.nbytes  # never more than the one waiting frame (+ slack)
 
 
 def test_rate_gate_admits_every_third_of_30_fps_at_10() -> None:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +10,13 @@ from models.checkpoint import convert_checkpoint, load_checkpoint_records
 from models.export import export_onnx, load_weights, save_weights
 from models.yolov5 import YOLOv5
 from pipeline.types import VigilError
-from tests.conftest import shared
-
-
-class _Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
+from tests.factories import Exploit, shared
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"model": _Exploit(marker)}, evil)
+    torch.save({"model": Exploit(marker)}, evil)
     with pytest.raises(VigilError, match=r"refused to load (posix|os)\.system"):
         load_checkpoint_records(evil)
     assert not marker.exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, SAMPLE_CLIP, shared
+from tests.factories import REPO, SAMPLE_CLIP, Exploit, shared
 
 VIGIL = [sys.executable, "-m", "cli.main"]
 
@@ -96,11 +96,9 @@ def test_wrong_model_file(tmp_path: Path) -> None:
 def test_models_convert_refuses_a_malicious_checkpoint(tmp_path: Path) -> None:
     import torch
 
-    from tests.test_checkpoint import _Exploit
-
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"model": _Exploit(marker)}, evil)
+    torch.save({"model": Exploit(marker)}, evil)
     r = vigil("models", "convert", str(evil), "--out", str(tmp_path / "m"))
     assert r.returncode == 2 and "refused to load" in r.stderr and not marker.exists()
 

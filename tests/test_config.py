@@ -2,27 +2,40 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from pipeline.config import VigilConfig, load_config, resolve_path
+from pipeline.config import (
+    StreamConfig,
+    TrackerConfig,
+    VigilConfig,
+    load_config,
+    parse_stream,
+    resolve_path,
+)
 from pipeline.types import VigilError
+from trackers.registry import TRACKERS
 
 DEFAULT_YAML = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def _same_keys(doc: Any, code: Any, where: str) -> None:
+    """Every dataclass field (recursively) is in the YAML and nothing else is."""
+    assert isinstance(doc, dict), where
+    assert set(doc) == {f.name for f in fields(code)}, where
+    for f in fields(code):
+        value = getattr(code, f.name)
+        if is_dataclass(value):
+            _same_keys(doc[f.name], value, f"{where}.{f.name}")
 
 
 def test_default_yaml_documents_every_knob_with_the_code_defaults() -> None:
     data = yaml.safe_load(DEFAULT_YAML.read_text())
     code = VigilConfig()
-    assert set(data) == {f.name for f in fields(code)}
-    for section in fields(code):
-        sub = getattr(code, section.name)
-        if section.name == "streams":
-            assert data["streams"] == []
-            continue
-        assert is_dataclass(sub)
-        assert set(data[section.name]) == {f.name for f in fields(sub)}, section.name
+    _same_keys(data, code, "config")
+    assert data["streams"] == []
     loaded = load_config(DEFAULT_YAML)
     # paths in the file are repo-relative spellings of the code's absolute defaults
     for cfg in (loaded, code):
@@ -33,12 +46,49 @@ def test_default_yaml_documents_every_knob_with_the_code_defaults() -> None:
     assert as_dict == asdict(code)
 
 
+def test_every_registered_tracker_has_its_own_typed_section() -> None:
+    t = TrackerConfig()
+    for name, spec in TRACKERS.items():
+        assert isinstance(getattr(t, name), spec.params), name
+    chosen = load_config(None, {"tracker.deepsort.max_age": 7}).tracker
+    assert chosen.params().max_age == 7
+
+
+def test_bounds_come_from_field_metadata() -> None:
+    """Every numeric knob has bounds, the defaults lie inside them, and the loader enforces
+    exactly those bounds (checked at both ends for every knob)."""
+
+    def walk(obj: Any, prefix: str) -> list[tuple[str, Any, Any]]:
+        out = []
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                out += walk(value, f"{prefix}{f.name}.")
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                out.append((f"{prefix}{f.name}", f, value))
+        return out
+
+    knobs = walk(VigilConfig(), "")
+    assert len(knobs) >= 28
+    for key, f, default in knobs:
+        assert "range" in f.metadata, f"{key} has no bounds"
+        lo, hi = f.metadata["range"]
+        assert lo <= default <= hi, key
+        assert load_config(None, {key: type(default)(hi)})  # the bound itself is allowed
+        step = 1 if isinstance(default, int) else 1e-6 * max(1.0, abs(hi))
+        with pytest.raises(VigilError, match=f"{key}: .* is outside"):
+            load_config(None, {key: hi + step})
+        with pytest.raises(VigilError, match=f"{key}: .* is outside"):
+            load_config(None, {key: lo - step})
+
+
 @pytest.mark.parametrize("name", ["sample.yaml", "cameras.example.yaml"])
 def test_example_configs_load(name: str) -> None:
-    from pipeline.config import validate_stream
-
     cfg = load_config(DEFAULT_YAML.with_name(name))
-    assert cfg.streams and all(validate_stream(s) for s in cfg.streams)
+    assert cfg.streams
+    for s in cfg.streams:
+        assert isinstance(s, StreamConfig)
+        assert parse_stream(asdict(s)) == s  # what the loader built, REST would build too
 
 
 @pytest.mark.parametrize(
@@ -49,10 +99,15 @@ def test_example_configs_load(name: str) -> None:
         ("batch: {max_batch: eight}", "batch.max_batch: expected an integer"),
         ("model: {backend: cuda}", "model.backend: 'cuda' is not one of"),
         ("modle: {}", "unknown key 'modle'"),
-        ("tracker: {report_tentative: 1}", "expected true or false"),
+        ("tracker: {deepsort: {report_tentative: 1}}", "expected true or false"),
+        ("tracker: {deepsort: {max_age: 0}}", r"tracker.deepsort.max_age: 0 is outside"),
+        ("tracker: {name: sort}", "tracker.name: 'sort' is not one of"),
         ("model: [1, 2]", "config model: expected a mapping"),
         ("model: {conf_threshold: .nan}", "outside"),
         ("a: [unclosed", "invalid YAML"),
+        ("streams: [{id: a, url: x}, {id: a, url: y}]", "the id 'a' is used twice"),
+        ("streams: [{id: a, url: x, fps: 500}]", r"streams\[0\].fps: 500.0 is outside"),
+        ("streams: {id: a}", "streams: expected a list of mappings"),
     ],
 )
 def test_bad_values_are_refused_with_one_line(tmp_path: Path, text: str, message: str) -> None:

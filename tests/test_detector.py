@@ -13,7 +13,7 @@ from models.postprocess import box_iou, postprocess
 from pipeline.config import DEFAULT_MODEL
 from pipeline.preprocess import CpuPreprocessor
 from pipeline.types import VigilError
-from tests.conftest import SAMPLE_CLIP
+from tests.factories import SAMPLE_CLIP
 
 ZOO = DEFAULT_MODEL.parent
 FP32, INT8 = ZOO / "yolov5n-320.onnx", ZOO / "yolov5n-320-int8.onnx"

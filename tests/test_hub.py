@@ -8,7 +8,7 @@ import pytest
 
 import server.hub as hub_module
 from pipeline.encode import encode_message
-from pipeline.live import Published
+from pipeline.live_step import Published
 from pipeline.types import Tracks
 from server.hub import Hub
 

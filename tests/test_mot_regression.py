@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared
+from tests.factories import shared
 
 MEASURED = {
     "TUD-Stadtmitte": {"MOTA": 0.760, "IDF1": 0.831},

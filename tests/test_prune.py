@@ -10,48 +10,17 @@ import pytest
 import torch
 
 from models.export import export_onnx, load_weights, save_weights
-from models.manifest import ModelManifest
-from models.yolov5 import V6_ANCHORS, YOLOv5
 from pipeline.types import VigilError
+from tests.factories import TINY_SIZE, random_images, tiny_manifest, tiny_yolo
 from toolchain.distill import DistillSettings, distill, distill_loss, load_checkpoint, make_batch
 from toolchain.prune import count_params, prune_l1
 from toolchain.qat import ActObserverFQ, QatConv, calibrate_ranges, prepare_qat, strip_qat
 
-SIZE = 96
-
-
-def _tiny() -> YOLOv5:
-    torch.manual_seed(0)
-    net = YOLOv5(nc=3)
-    with torch.no_grad():  # non-trivial BN statistics, so folding and pruning both matter
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return net.eval()
-
-
-def _manifest() -> ModelManifest:
-    return ModelManifest(
-        name="tiny",
-        version="1.0.0",
-        architecture={"nc": 3, "depth_multiple": 0.33, "width_multiple": 0.25},
-        class_names=["a", "b", "c"],
-        strides=[8, 16, 32],
-        anchors_px=[[[float(v) for v in row]] for row in V6_ANCHORS],
-        source_sha256="0" * 64,
-        source_name="test",
-        input_size=SIZE,
-    )
-
-
-def _images(n: int = 6) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(n)]
+SIZE = TINY_SIZE
 
 
 def test_l1_pruning_shrinks_every_layer_but_keeps_the_head_outputs() -> None:
-    net = _tiny()
+    net = tiny_yolo()
     before = count_params(net)
     x = torch.rand(2, 3, SIZE, SIZE)
     facts = prune_l1(net, 0.5, SIZE)
@@ -66,7 +35,7 @@ def test_l1_pruning_shrinks_every_layer_but_keeps_the_head_outputs() -> None:
 
 
 def test_pruning_removes_the_channel_groups_with_the_smallest_l1_norm() -> None:
-    net = _tiny()
+    net = tiny_yolo()
     odd = torch.arange(1, 16, 2)
     with torch.no_grad():  # make layer 0's odd channels small in every layer they touch
         net.model[0].conv.weight[odd] *= 1e-3
@@ -80,13 +49,13 @@ def test_pruning_removes_the_channel_groups_with_the_smallest_l1_norm() -> None:
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 0.95, 1.0])
 def test_bad_ratio_is_refused(ratio: float) -> None:
     with pytest.raises(VigilError, match="--ratio must be in"):
-        prune_l1(_tiny(), ratio, SIZE)
+        prune_l1(tiny_yolo(), ratio, SIZE)
 
 
 def test_pruned_weights_round_trip_through_safetensors(tmp_path: Path) -> None:
-    net = _tiny()
+    net = tiny_yolo()
     prune_l1(net, 0.3, SIZE)
-    manifest = _manifest()
+    manifest = tiny_manifest()
     manifest.architecture["pruned"] = True
     path = save_weights(net, manifest, tmp_path)
     loaded, _ = load_weights(path)
@@ -102,7 +71,7 @@ def test_pruned_weights_round_trip_through_safetensors(tmp_path: Path) -> None:
 
 
 def test_distillation_loss_is_smallest_at_the_teacher() -> None:
-    net = _tiny()
+    net = tiny_yolo()
     x = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
         t = net.raw(x)
@@ -112,8 +81,8 @@ def test_distillation_loss_is_smallest_at_the_teacher() -> None:
 
 
 def test_distillation_reduces_the_loss_and_resumes_exactly(tmp_path: Path) -> None:
-    teacher = _tiny()
-    images = _images()
+    teacher = tiny_yolo()
+    images = random_images()
     s = DistillSettings(steps=6, batch=2, imgsz=SIZE, warmup=1, save_every=3, lr=3e-3)
     student = copy.deepcopy(teacher)
     prune_l1(student, 0.5, SIZE)
@@ -149,14 +118,14 @@ def test_distillation_reduces_the_loss_and_resumes_exactly(tmp_path: Path) -> No
 
 def test_distillation_batches_are_letterboxed_rgb_in_unit_range() -> None:
     s = DistillSettings(batch=4, imgsz=SIZE)
-    a, b = make_batch(_images(), s, 5), make_batch(_images(), s, 5)
+    a, b = make_batch(random_images(), s, 5), make_batch(random_images(), s, 5)
     assert a.shape == (4, 3, SIZE, SIZE) and torch.equal(a, b)
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
-    assert not torch.equal(a, make_batch(_images(), s, 6))
+    assert not torch.equal(a, make_batch(random_images(), s, 6))
 
 
 def test_qat_wrapping_quantizes_and_strips_back_to_float(tmp_path: Path) -> None:
-    net = _tiny()
+    net = tiny_yolo()
     x = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
         ref = net(x)
@@ -174,4 +143,9 @@ def test_qat_wrapping_quantizes_and_strips_back_to_float(tmp_path: Path) -> None
     with torch.no_grad():  # untrained: only BN folding separates it from the original
         assert torch.allclose(plain(x), ref, rtol=1e-4, atol=1e-3)
     export_onnx(plain, tmp_path / "qat.onnx", SIZE)  # exports as a plain fused network
-    assert (tmp_path / "qat.onnx").stat().st_size > 0
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "qat.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_out, plain(x).numpy(), rtol=1e-3, atol=1e-3)

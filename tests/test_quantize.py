@@ -8,6 +8,7 @@ import pytest
 
 from models.export import export_onnx
 from pipeline.types import VigilError
+from tests.factories import tiny_yolo
 from toolchain.quantize import quantize_int8
 
 
@@ -58,10 +59,8 @@ def test_bad_arguments(tiny_onnx: Path, tmp_path: Path) -> None:
 def test_percentile_chooses_different_ranges_than_minmax(tmp_path: Path) -> None:
     from onnx import numpy_helper
 
-    from tests.test_prune import _tiny
-
     fp32 = tmp_path / "tiny.onnx"  # BN statistics set: no constant activations
-    export_onnx(_tiny(), fp32, imgsz=128)
+    export_onnx(tiny_yolo(), fp32, imgsz=128)
 
     rng = np.random.default_rng(1)
     batches = [rng.uniform(0, 1, (2, 3, 128, 128)).astype(np.float32) for _ in range(2)]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import pytest
 import websockets
 
 from benchmarks.serving import Server, alive, children_matching, ffmpeg_children, serve
-from tests.conftest import SAMPLE_CLIP
+from tests.factories import SAMPLE_CLIP, wait_until
 
 KEY = "test-key-0123456789abcdef"
 
@@ -43,6 +46,18 @@ async def _recv_json(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
     return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
 
 
+async def _snapshot_of(srv: Server, stream: str) -> dict[str, Any] | None:
+    """What a client reconnecting to ``stream`` (``last_seq: {}``) receives first, or None if
+    nothing comes within 3 s (a deleted stream must leave no snapshot and send nothing)."""
+    async with websockets.connect(srv.ws) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "streams": [stream], "last_seq": {}}))
+        assert (await _recv_json(ws))["op"] == "subscribed"
+        try:
+            return await _recv_json(ws, timeout=3.0)
+        except TimeoutError:
+            return None
+
+
 def test_rest_streams_at_run_time(media: Path, tmp_path: Path) -> None:
     with serve(_config(media), tmp_path) as srv:
         first = srv.wait_state("people", "live")
@@ -57,9 +72,13 @@ def test_rest_streams_at_run_time(media: Path, tmp_path: Path) -> None:
         assert srv.request("DELETE", "/api/streams/test")[0] == 204
         assert srv.request("GET", "/api/streams/test")[0] == 404
         assert srv.request("DELETE", "/api/streams/test")[0] == 404
-        time.sleep(1.0)
-        assert not children_matching(str(media / "testsrc.mp4"))  # its FFmpeg is gone
+        wait_until(
+            lambda: not children_matching(str(media / "testsrc.mp4")), 20, "its FFmpeg ended"
+        )
         assert srv.stream("people")["state"] == "live"  # the other stream never noticed
+        assert asyncio.run(_snapshot_of(srv, "test")) is None  # no stale snapshot left behind
+        people = asyncio.run(_snapshot_of(srv, "people"))
+        assert people is not None and people["stream"] == "people"
 
 
 @pytest.mark.parametrize(
@@ -146,26 +165,67 @@ def test_websocket_subscribe_snapshot_malformed_and_metrics(shared_server: Serve
     assert ready["model"]["name"] == "yolov5n" and len(ready["model"]["sha256"]) == 64
 
 
-def test_stalled_client_does_not_slow_the_others(shared_server: Server) -> None:
-    srv = shared_server
+def _lost_total(srv: Server) -> float:
+    text = srv.request("GET", "/metrics")[1]
+    line = [ln for ln in text.splitlines() if ln.startswith("vigil_ws_messages_lost_total ")]
+    return float(line[0].split()[-1]) if line else 0.0
 
-    async def run() -> list[int]:
-        stalled = await websockets.connect(srv.ws, max_queue=1)
-        await stalled.send(json.dumps({"op": "subscribe"}))
-        seqs: list[int] = []
-        async with websockets.connect(srv.ws) as reader:
-            await reader.send(json.dumps({"op": "subscribe"}))
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 4.0:
-                msg = await _recv_json(reader)
-                if "seq" in msg:
-                    seqs.append(msg["seq"])
-        await stalled.close()
-        return seqs
 
-    seqs = asyncio.run(run())
-    assert len(seqs) >= 30  # 10 fps for 4 s, minus start-up
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+def _never_reading_client(srv: Server) -> socket.socket:
+    """A WebSocket client that completes the handshake (and so gets every message) and then
+    never reads: its receive window closes and the server's buffers fill up."""
+    raw = socket.create_connection(("127.0.0.1", srv.port))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    raw.sendall(request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += raw.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return raw
+
+
+def test_stalled_client_does_not_slow_the_others(media: Path, tmp_path: Path) -> None:
+    """A client that stops reading while the server sends far more than the socket buffers
+    hold: its own queue overflows (counted), the other client still gets every message."""
+    streams = [{"id": f"s{i}", "url": "people.mp4", "fps": 0} for i in range(4)]
+    busy = {  # every class, every weak detection: messages of a few hundred bytes
+        "model": {"classes": ["all"], "conf_threshold": 0.02},
+        "tracker": {"embedder": "histogram", "deepsort": {"init_confidence": 0.02}},
+        "server": {"send_buffer_kb": 16, "ws_queue": 32},
+    }
+    with serve(_config(media, streams=streams, **busy), tmp_path) as srv:
+        for i in range(4):
+            srv.wait_state(f"s{i}", "live")
+
+        async def run() -> dict[str, list[int]]:
+            stalled = _never_reading_client(srv)
+            seqs: dict[str, list[int]] = {}
+            async with websockets.connect(srv.ws) as reader:
+                await reader.send(json.dumps({"op": "subscribe"}))
+                deadline = time.monotonic() + 90
+                received = 0
+                while time.monotonic() < deadline:
+                    msg = await _recv_json(reader)
+                    if "seq" not in msg:
+                        continue
+                    seqs.setdefault(msg["stream"], []).append(msg["seq"])
+                    received += 1
+                    # the stalled client has lost messages: the buffers are full, and then some
+                    if received % 50 == 0 and _lost_total(srv) > 100:
+                        break
+            stalled.close()
+            return seqs
+
+        seqs = asyncio.run(run())
+        assert _lost_total(srv) > 100, "the stalled client never overflowed its queue"
+        assert sum(len(v) for v in seqs.values()) >= 300
+        for stream, got in seqs.items():  # the reading client lost nothing, in order
+            assert got == list(range(got[0], got[0] + len(got))), stream
 
 
 def test_auth_rate_limit_and_graceful_shutdown(media: Path, tmp_path: Path) -> None:

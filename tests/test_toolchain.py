@@ -9,7 +9,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,10 +16,10 @@ from models.export import export_onnx, load_weights, save_weights
 from models.manifest import ModelManifest, sha256_file
 from models.registry import entries, is_reference, resolve
 from pipeline.config import DEFAULT_MODEL, load_config
-from pipeline.engine import resolve_model
 from pipeline.types import VigilError
-from tests.conftest import REPO, SAMPLE_CLIP, shared
-from tests.test_prune import SIZE, _manifest, _tiny
+from pipeline.wiring import resolve_model
+from tests.factories import REPO, SAMPLE_CLIP, random_images, shared, tiny_manifest, tiny_yolo
+from tests.factories import TINY_SIZE as SIZE
 from toolchain.distill import DistillSettings
 from toolchain.steps import prune_model, swap_in
 
@@ -60,9 +59,11 @@ def test_registry_resolves_names_versions_and_shadows_the_zoo(tmp_path: Path) ->
 def test_the_engine_runs_a_registry_entry_by_name(tmp_path: Path) -> None:
     mine = _copy_zoo(tmp_path)
     cfg = load_config(None, {"model.manifest": "mine@1.1.0", "model.registry": str(tmp_path)})
-    path, manifest = resolve_model(cfg)
+    resolved = resolve_model(cfg.model)
+    manifest = resolved.manifest
     assert manifest is not None and (manifest.name, manifest.version) == ("mine", "1.1.0")
-    assert path == mine.parent / "yolov5n-320-int8.onnx"
+    assert resolved.onnx == mine.parent / "yolov5n-320-int8.onnx"
+    assert resolve_model(cfg.model, "fp32").onnx == mine.parent / "yolov5n-320.onnx"
 
 
 @pytest.mark.parametrize(
@@ -102,8 +103,8 @@ def test_build_engine_check_only_runs_without_a_gpu(tmp_path: Path) -> None:
 
 
 def _tiny_registry(root: Path) -> Path:
-    net = _tiny()
-    m = _manifest()
+    net = tiny_yolo()
+    m = tiny_manifest()
     path = save_weights(net, m, root / "tiny")
     export_onnx(net, root / "tiny" / "tiny-96.onnx", SIZE)
     m.add_file("onnx-fp32-96", root / "tiny" / "tiny-96.onnx", imgsz=SIZE)
@@ -111,15 +112,10 @@ def _tiny_registry(root: Path) -> Path:
     return path
 
 
-def _images() -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 255, (100, 140, 3), dtype=np.uint8) for _ in range(4)]
-
-
 def test_prune_writes_a_complete_registry_entry(tmp_path: Path) -> None:
     weights = _tiny_registry(tmp_path)
     s = DistillSettings(steps=3, batch=2, imgsz=SIZE, save_every=2)
-    out = prune_model(weights, 0.5, _images(), tmp_path, None, s, progress=False)
+    out = prune_model(weights, 0.5, random_images(4, 100, 140), tmp_path, None, s, progress=False)
     assert out == tmp_path / "tiny-p50" / "tiny-p50.json"
     m = ModelManifest.load(out)
     assert m.version == "1.1.0" and m.lineage["parent"]["name"] == "tiny"
@@ -141,7 +137,7 @@ def test_a_failed_build_never_replaces_a_good_entry(
 ) -> None:
     weights = _tiny_registry(tmp_path)
     s = DistillSettings(steps=2, batch=2, imgsz=SIZE, save_every=1)
-    good = prune_model(weights, 0.5, _images(), tmp_path, "p", s, progress=False)
+    good = prune_model(weights, 0.5, random_images(4, 100, 140), tmp_path, "p", s, progress=False)
     before = {p.name: p.read_bytes() for p in good.parent.iterdir()}
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -149,7 +145,15 @@ def test_a_failed_build_never_replaces_a_good_entry(
 
     monkeypatch.setattr("models.export.export_onnx", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        prune_model(weights, 0.5, _images(), tmp_path, "p", replace(s, seed=3), progress=False)
+        prune_model(
+            weights,
+            0.5,
+            random_images(4, 100, 140),
+            tmp_path,
+            "p",
+            replace(s, seed=3),
+            progress=False,
+        )
     assert {p.name: p.read_bytes() for p in good.parent.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".p.") and p.is_dir()]
     # the interrupted run left its checkpoint: --resume continues from it
@@ -236,7 +240,7 @@ def test_qat_adds_an_int8_qat_variant(tmp_path: Path) -> None:
     from toolchain.steps import qat_model
 
     weights = _tiny_registry(tmp_path)
-    out = qat_model(weights, _images(), None, SIZE, 2, progress=False)
+    out = qat_model(weights, random_images(4, 100, 140), None, SIZE, 2, progress=False)
     m = ModelManifest.load(weights)
     entry = m.files["onnx-int8-qat-96"]
     assert out == weights.parent / entry["path"] and entry["qat"]["steps"] == 2

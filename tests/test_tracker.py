@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.types import Detections, VigilError
-from trackers.deepsort import DeepSortTracker
+from trackers.deepsort import DeepSortParams, DeepSortTracker
 from trackers.registry import create_tracker, names
 
 
@@ -30,18 +30,19 @@ def test_empty_input_every_frame() -> None:
 
 def test_registry() -> None:
     assert "deepsort" in names()
-    assert isinstance(create_tracker("deepsort", max_age=5), DeepSortTracker)
+    made = create_tracker("deepsort", DeepSortParams(max_age=5))
+    assert isinstance(made, DeepSortTracker) and made.params.max_age == 5
     with pytest.raises(VigilError, match="unknown tracker"):
         create_tracker("nope")
-    with pytest.raises(VigilError, match="bad parameter"):
-        create_tracker("deepsort", colour="red")
+    with pytest.raises(VigilError, match="parameters must be DeepSortParams"):
+        create_tracker("deepsort", {"max_age": 5})
 
 
 def test_ids_stable_through_a_crossing() -> None:
     """Two people walk towards each other, overlap, and part; a third walks alone."""
     rng = np.random.default_rng(1)
     looks = _unit(rng, 3)
-    tr = DeepSortTracker(n_init=2, report_tentative=False)
+    tr = DeepSortTracker(DeepSortParams(n_init=2, report_tentative=False))
     seen: dict[int, set[int]] = {0: set(), 1: set(), 2: set()}
     for t in range(120):
         xa, xb = 20 + 4 * t, 500 - 4 * t
@@ -59,7 +60,7 @@ def test_ids_stable_through_a_crossing() -> None:
 
 def test_track_output_fields() -> None:
     rng = np.random.default_rng(2)
-    tr = DeepSortTracker(n_init=1)
+    tr = DeepSortTracker(DeepSortParams(n_init=1))
     d = _dets([[10, 10, 50, 90], [200, 10, 240, 90]])
     for t in range(3):
         out = tr.update(d, _unit(rng, 2), t, t * 0.04)
@@ -70,7 +71,7 @@ def test_track_output_fields() -> None:
 
 def test_init_gate_keeps_weak_detections_from_starting_tracks() -> None:
     rng = np.random.default_rng(3)
-    tr = DeepSortTracker(n_init=1, init_confidence=0.5, report_tentative=True)
+    tr = DeepSortTracker(DeepSortParams(n_init=1, init_confidence=0.5, report_tentative=True))
     for t in range(10):
         out = tr.update(_dets([[10, 10, 50, 90]], conf=0.3), _unit(rng, 1), t)
         assert len(out) == 0
@@ -86,7 +87,7 @@ def test_memory_bounded_over_thousands_of_frames() -> None:
     """People keep arriving and leaving for 4000 frames: state and memory stay flat."""
     rng = np.random.default_rng(4)
     budget, max_age = 20, 15
-    tr = DeepSortTracker(nn_budget=budget, max_age=max_age, n_init=2)
+    tr = DeepSortTracker(DeepSortParams(nn_budget=budget, max_age=max_age, n_init=2))
     snapshots = []
     tracemalloc.start()
     try:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import AuthConfig, validate_stream
+from pipeline.config import AuthConfig, StreamConfig, parse_stream
 from pipeline.types import VigilError
 from server.auth import ApiKeys, RateLimiter
 from server.urls import check_stream_url
@@ -51,17 +51,22 @@ def test_refused_urls(root: Path, url: str, message: str) -> None:
 
 
 def test_stream_entry_validation() -> None:
-    ok = validate_stream({"id": "cam-1", "url": "rtsp://h/x"})
-    assert ok["fps"] == 10.0 and ok["loop"] is True
+    ok = parse_stream({"id": "cam-1", "url": " rtsp://h/x "})
+    assert ok == StreamConfig("cam-1", "rtsp://h/x", 10.0, True, True, "tcp")
     for bad, msg in [
-        ({"id": "bad id", "url": "x"}, "stream id must match"),
-        ({"id": "a", "url": ""}, "url must be"),
-        ({"id": "a", "url": "x", "fps": -1}, "fps must be"),
-        ({"id": "a", "url": "x", "loop": "yes"}, "loop must be"),
-        ({"id": "a", "url": "x", "colour": 1}, "unknown key"),
+        ({"id": "bad id", "url": "x"}, r"stream id: 'bad id' must match"),
+        ({"url": "x"}, "stream id: required"),
+        ({"id": "a", "url": ""}, "stream a: url: must not be empty"),
+        ({"id": "a"}, "stream a: url: required"),
+        ({"id": "a", "url": "x", "fps": -1}, r"stream a: fps: -1.0 is outside \[0, 240\]"),
+        ({"id": "a", "url": "x", "loop": "yes"}, "stream a: loop: expected true or false"),
+        ({"id": "a", "url": "x", "rtsp_transport": "sctp"}, "rtsp_transport: 'sctp' is not one"),
+        ({"id": "a", "url": "x", "colour": 1}, "stream a: unknown key 'colour'"),
+        ("not a mapping", "stream entry: expected a mapping"),
     ]:
-        with pytest.raises(VigilError, match=msg):
-            validate_stream(bad)
+        with pytest.raises(VigilError, match=msg) as err:
+            parse_stream(bad)
+        assert "\n" not in str(err.value)
 
 
 def test_keys_hashed_and_checked(tmp_path: Path) -> None:
@@ -89,3 +94,17 @@ def test_rate_limiter() -> None:
     assert rl.allow("b", now=0.0)
     assert rl.allow("a", now=20.0)  # one token back after 20 s
     assert not rl.allow("a", now=20.0)
+
+
+def test_rate_limiter_forgets_the_least_recently_seen_identity() -> None:
+    rl = RateLimiter(per_minute=2, max_clients=3)
+    for who in ("a", "b", "c"):
+        assert rl.allow(who, now=0.0) and rl.allow(who, now=0.0)
+    assert not rl.allow("a", now=1.0)  # a is out of tokens and now the most recent
+    assert rl.allow("d", now=1.0)  # evicts b, the least recently seen
+    assert list(rl._buckets) == ["c", "a", "d"]
+    assert not rl.allow("a", now=1.0)  # a kept its empty bucket: no bypass by churn
+    assert rl.allow("b", now=1.0)  # b comes back with a full bucket
+    for i in range(10_000):
+        rl.allow(f"x{i}", now=2.0)
+    assert len(rl._buckets) == 3

@@ -10,16 +10,9 @@ from pipeline.types import VigilError
 
 def model_manifest(spec: str, registry: Path) -> Path:
     """A ``--weights`` value: a registry reference or a manifest path."""
-    from models.registry import is_reference, resolve
+    from pipeline.wiring import resolve_manifest
 
-    if is_reference(spec):
-        return resolve(spec, registry)
-    path = Path(spec)
-    if path.suffix != ".json":
-        raise VigilError(f"--weights must be a registry name or a manifest (.json), got {spec}")
-    if not path.is_file():
-        raise VigilError(f"model manifest not found: {path}")
-    return path
+    return resolve_manifest(spec, registry)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -91,11 +84,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from benchmarks.bench import SAMPLE
-    from cli.main import _config
     from evaluation.mot import read_sequence
     from models.detector import available_backends
     from models.registry import entries
+    from pipeline.config import SAMPLE_CLIP, load_config
     from toolchain import report as mr
     from toolchain.images import gather_images
 
@@ -114,8 +106,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     variants = mr.collect_variants(manifests, args.imgsz)
     backends = args.backends or available_backends()
     print(f"report: {len(variants)} variants, backends {', '.join(backends)}", flush=True)
-    mr.measure_accuracy(variants, _config(args), args.data, args.sequences)
-    frames = gather_images([str(SAMPLE)], 8, "latency")
+    mr.measure_accuracy(variants, load_config(args.config), args.data, args.sequences)
+    frames = gather_images([str(SAMPLE_CLIP)], 8, "latency")
     mr.measure_latency(variants, frames, backends, args.rounds, args.reps)
     if not args.no_record:
         mr.record(variants)

@@ -11,6 +11,8 @@ internal: reporting them adds false positives (BENCHMARKS.md).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from deep_sort_realtime.deep_sort import nn_matching
 from deep_sort_realtime.deep_sort.detection import Detection
@@ -29,8 +31,9 @@ class _LibTrackerWithInitGate(_LibTracker):
             super()._initiate_track(detection)
 
 
-class DeepSortTracker:
-    """Adapter from Vigil's arrays to deep-sort-realtime's per-detection objects.
+@dataclass(frozen=True)
+class DeepSortParams:
+    """DeepSORT's knobs (``tracker.deepsort`` in the config; bounds in ``metadata``).
 
     max_age: frames a track survives unmatched; n_init: consecutive hits to confirm;
     max_iou_distance: IoU gate (1 - IoU) of the IoU stage; max_cosine_distance: appearance
@@ -39,43 +42,34 @@ class DeepSortTracker:
     never start one; report_tentative: also report matched, not yet confirmed tracks.
     """
 
+    max_age: int = field(default=30, metadata={"range": (1, 10000)})
+    n_init: int = field(default=2, metadata={"range": (1, 100)})
+    max_iou_distance: float = field(default=0.7, metadata={"range": (0.0, 1.0)})
+    max_cosine_distance: float = field(default=0.3, metadata={"range": (0.0, 2.0)})
+    nn_budget: int = field(default=50, metadata={"range": (1, 10000)})
+    min_confidence: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
+    init_confidence: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
+    report_tentative: bool = True
+
+
+class DeepSortTracker:
+    """Adapter from Vigil's arrays to deep-sort-realtime's per-detection objects."""
+
     uses_appearance = True
 
-    def __init__(
-        self,
-        max_age: int = 30,
-        n_init: int = 3,
-        max_iou_distance: float = 0.7,
-        max_cosine_distance: float = 0.2,
-        nn_budget: int = 50,
-        min_confidence: float = 0.0,
-        init_confidence: float = 0.0,
-        report_tentative: bool = False,
-    ) -> None:
-        self._params = dict(
-            max_age=max_age,
-            n_init=n_init,
-            max_iou_distance=max_iou_distance,
-            max_cosine_distance=max_cosine_distance,
-            nn_budget=nn_budget,
-        )
-        self.min_confidence = min_confidence
-        self.init_confidence = init_confidence
-        self.report_tentative = report_tentative
+    def __init__(self, params: DeepSortParams | None = None) -> None:
+        self.params = params or DeepSortParams()
         self.reset()
 
     def reset(self) -> None:
-        p = self._params
+        p = self.params
         metric = nn_matching.NearestNeighborDistanceMetric(
-            "cosine", float(p["max_cosine_distance"]), int(p["nn_budget"])
+            "cosine", p.max_cosine_distance, p.nn_budget
         )
         self._tracker = _LibTrackerWithInitGate(
-            metric,
-            max_iou_distance=float(p["max_iou_distance"]),
-            max_age=int(p["max_age"]),
-            n_init=int(p["n_init"]),
+            metric, max_iou_distance=p.max_iou_distance, max_age=p.max_age, n_init=p.n_init
         )
-        self._tracker.init_confidence = self.init_confidence
+        self._tracker.init_confidence = p.init_confidence
 
     @property
     def live_tracks(self) -> int:
@@ -91,7 +85,7 @@ class DeepSortTracker:
         xyxy = detections.xyxy
         wh = xyxy[:, 2:] - xyxy[:, :2]
         keep = np.flatnonzero(
-            (wh[:, 0] > 0) & (wh[:, 1] > 0) & (detections.confidence >= self.min_confidence)
+            (wh[:, 0] > 0) & (wh[:, 1] > 0) & (detections.confidence >= self.params.min_confidence)
         )
         if embeddings is None or embeddings.shape[0] != len(detections):
             # DeepSORT's cascade needs a real appearance per detection: a constant one would make
@@ -110,7 +104,7 @@ class DeepSortTracker:
         reported = [
             t
             for t in self._tracker.tracks
-            if t.time_since_update == 0 and (t.is_confirmed() or self.report_tentative)
+            if t.time_since_update == 0 and (t.is_confirmed() or self.params.report_tentative)
         ]
         if not reported:
             return Tracks.empty(frame_index=frame_index, pts=pts)

@@ -1,32 +1,39 @@
-"""Tracker registry: a name -> factory map, so configs and the CLI pick trackers by name."""
+"""Tracker registry: name -> (factory, parameter dataclass), so configs and the CLI pick
+trackers by name and each tracker's knobs are its own typed, bounded dataclass."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.types import VigilError
 from trackers.base import Tracker
-from trackers.deepsort import DeepSortTracker
+from trackers.deepsort import DeepSortParams, DeepSortTracker
 
-_REGISTRY: dict[str, Callable[..., Tracker]] = {
-    "deepsort": DeepSortTracker,
+
+@dataclass(frozen=True)
+class TrackerSpec:
+    factory: Callable[[Any], Tracker]  # called with an instance of ``params``
+    params: type  # the tracker's parameter dataclass (``tracker.<name>`` in the config)
+
+
+TRACKERS: dict[str, TrackerSpec] = {
+    "deepsort": TrackerSpec(DeepSortTracker, DeepSortParams),
 }
 
 
-def register(name: str, factory: Callable[..., Tracker]) -> None:
-    _REGISTRY[name] = factory
-
-
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(TRACKERS)
 
 
-def create_tracker(name: str, **params: Any) -> Tracker:
-    """A new tracker state (call once per stream)."""
-    if name not in _REGISTRY:
+def create_tracker(name: str, params: Any = None) -> Tracker:
+    """A new tracker state (call once per stream); ``params`` defaults to the tracker's own."""
+    spec = TRACKERS.get(name)
+    if spec is None:
         raise VigilError(f"unknown tracker {name!r} (choose {', '.join(names())})")
-    try:
-        return _REGISTRY[name](**params)
-    except TypeError as e:
-        raise VigilError(f"tracker {name}: bad parameter ({e})") from None
+    if params is None:
+        params = spec.params()
+    if not isinstance(params, spec.params):
+        raise VigilError(f"tracker {name}: parameters must be {spec.params.__name__}")
+    return spec.factory(params)

@@ -1,0 +1,158 @@
+"""One live inference step as a plain function, with a guard at each stream's boundary.
+
+    run_step(batch, engine, publish, guard) -> per-stage milliseconds
+
+``batch`` holds one frame per stream (``StreamRuntime``, ``Frame``). The engine runs once for
+the whole batch; then each stream's tracker, encoder and ``publish`` run inside that stream's
+guard: an exception there becomes a count (``StreamRuntime.errors``), that stream's
+``last_error`` and a log line (at most one per stream per ``ThrottledLog.interval_s``), and the
+other streams of the batch carry on. An engine failure is counted (``StepGuard.engine_failures``)
+and charged to every stream of the batch. Nothing here owns a thread, a socket or a clock
+beyond ``perf_counter``, so tests drive it with a fake engine.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.encode import encode_message
+from pipeline.types import Detections, Frame, Tracks
+
+
+@dataclass(frozen=True)
+class Published:
+    """One frame's result: the encoded v1 message and the tracks it was encoded from."""
+
+    stream: str
+    seq: int
+    arrival: float
+    data: bytes
+    tracks: Tracks
+
+
+class EngineLike(Protocol):
+    def process(
+        self, frames: Sequence[Frame], timings: dict[str, float] | None = None
+    ) -> tuple[list[Detections], list[np.ndarray | None]]: ...
+
+
+class TrackerLike(Protocol):
+    def update(
+        self,
+        detections: Detections,
+        embeddings: np.ndarray | None,
+        frame_index: int = 0,
+        pts: float = 0.0,
+    ) -> Tracks: ...
+
+
+@dataclass(eq=False)
+class StreamRuntime:
+    """Per-stream state the inference thread owns: the tracker and the message counter."""
+
+    stream: Any  # a LiveStream: anything with stream_id, last_error and frames_inferred
+    tracker: TrackerLike
+    seq: int = 0
+    errors: int = 0  # tracker/encoder/publish failures in this stream
+    removed: bool = False  # set when the stream is deleted: a batch in flight skips it
+    rates: dict[str, float] = field(default_factory=dict)
+    last_counts: tuple[int, int] = (0, 0)
+
+
+class ThrottledLog:
+    """At most one line per key per ``interval_s``; the rest are counted and summarized in the
+    next line, so a stream failing on every frame cannot fill a disk."""
+
+    def __init__(
+        self, interval_s: float = 10.0, write: Callable[[str], None] | None = None
+    ) -> None:
+        self.interval_s = interval_s
+        self._write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, line: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e18) < self.interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            more = self._suppressed.pop(key, 0)
+            if len(self._last) > 4096:  # bounded: forget the oldest keys
+                for k in sorted(self._last, key=self._last.__getitem__)[:1024]:
+                    self._last.pop(k, None)
+        self._write(line + (f" ({more} more since the last report)" if more else ""))
+
+
+@dataclass
+class StepGuard:
+    """Failure accounting shared by every step of one pipeline."""
+
+    log: ThrottledLog = field(default_factory=ThrottledLog)
+    engine_failures: int = 0  # batches the engine failed on
+    stream_errors: int = 0  # per-stream failures, all streams together
+
+
+def _fail(st: StreamRuntime, guard: StepGuard, what: str, exc: BaseException) -> None:
+    sid = st.stream.stream_id
+    message = f"{what} failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+    st.errors += 1
+    guard.stream_errors += 1
+    st.stream.last_error = message
+    guard.log(f"stream:{sid}:{what}", f"vigil: stream {sid}: {message}")
+
+
+def run_step(
+    batch: Sequence[tuple[StreamRuntime, Frame]],
+    engine: EngineLike,
+    publish: Callable[[Published], None],
+    guard: StepGuard,
+) -> dict[str, float]:
+    """Detect for the whole batch, then track, encode and publish per stream, each stream
+    guarded. Returns milliseconds per stage summed over the batch (empty if the engine failed).
+    Streams marked ``removed`` while the batch was in flight are skipped: nothing of theirs is
+    published after their deletion."""
+    frames = [f for _, f in batch]
+    timings: dict[str, float] = {}
+    try:
+        dets, embeds = engine.process(frames, timings)
+    except Exception as e:  # one bad batch must not end the loop for every stream
+        guard.engine_failures += 1
+        message = f"inference failed: {type(e).__name__}: {e}".splitlines()[0][:300]
+        for st, _ in batch:
+            st.stream.last_error = message
+        guard.log("engine", f"vigil: {message} ({len(batch)} streams' frames lost)")
+        return {}
+    track_ms = encode_ms = 0.0
+    for (st, frame), d, emb in zip(batch, dets, embeds, strict=True):
+        if st.removed:
+            continue
+        stage = "tracker"
+        try:
+            t0 = time.perf_counter()
+            tracks = st.tracker.update(d, emb, frame.index, frame.pts)
+            t1 = time.perf_counter()
+            stage = "encoder"
+            data = encode_message(tracks, frame.stream_id, st.seq, frame.arrival)
+            t2 = time.perf_counter()
+            stage = "publish"
+            publish(Published(frame.stream_id, st.seq, frame.arrival, data, tracks))
+        except Exception as e:
+            _fail(st, guard, stage, e)
+            continue
+        track_ms += (t1 - t0) * 1e3
+        encode_ms += (t2 - t1) * 1e3
+        st.seq += 1
+        st.stream.frames_inferred += 1
+    timings["track"] = track_ms
+    timings["encode"] = encode_ms
+    return timings
