@@ -21,7 +21,8 @@ from pipeline.wiring import resolve_model
 from tests.factories import REPO, SAMPLE_CLIP, random_images, shared, tiny_manifest, tiny_yolo
 from tests.factories import TINY_SIZE as SIZE
 from toolchain.distill import DistillSettings
-from toolchain.steps import prune_model, swap_in
+from toolchain.prune import prune_model
+from toolchain.staging import swap_in
 
 
 def vigil(*args: str) -> subprocess.CompletedProcess[str]:
@@ -237,7 +238,7 @@ def test_report_table_plot_and_manifest_metrics(tmp_path: Path) -> None:
 
 
 def test_qat_adds_an_int8_qat_variant(tmp_path: Path) -> None:
-    from toolchain.steps import qat_model
+    from toolchain.qat import qat_model
 
     weights = _tiny_registry(tmp_path)
     out = qat_model(weights, random_images(4, 100, 140), None, SIZE, 2, progress=False)

@@ -18,8 +18,7 @@ def model_manifest(spec: str, registry: Path) -> Path:
 def cmd_prune(args: argparse.Namespace) -> int:
     from toolchain.distill import DistillSettings
     from toolchain.images import gather_images
-    from toolchain.prune import check_ratio
-    from toolchain.steps import prune_model
+    from toolchain.prune import check_ratio, prune_model
 
     check_ratio(args.ratio)
     if args.steps < 1 or args.batch < 1:
@@ -50,12 +49,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from toolchain.images import gather_images
-    from toolchain.steps import quantize_model
+    from toolchain.quantize import quantize_model
 
     weights = model_manifest(args.weights, args.registry)
     images = gather_images(args.calib, args.calib_frames, "INT8 calibration")
     if args.qat:
-        from toolchain.steps import qat_model
+        from toolchain.qat import qat_model
 
         out = qat_model(weights, images, args.data, args.imgsz, args.qat_steps, args.scope)
         print(f"QAT INT8 -> {out}")

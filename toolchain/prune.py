@@ -8,17 +8,33 @@ weights, so the result is an ordinary, smaller dense network: no masks, no spars
 Every layer keeps ``1 - ratio`` of its channels (rounded to a multiple of ``round_to`` so the
 CPU kernels stay vectorized). The Detect layer's output convolutions are never pruned: their
 channels are the ``3 x (5 + nc)`` predictions. Their inputs shrink with the neck.
+
+:func:`prune_model` is the step as a registry entry (``vigil models prune``): prune, refit every
+convolution by least squares (``toolchain.reconstruct``), distill back (``toolchain.distill``),
+and write ``<out>/<name>/`` (weights, FP32 ONNX, manifest with the lineage), staged and swapped
+in whole.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import dataclasses
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from models.yolov5 import YOLOv5
 from pipeline.types import VigilError
+from toolchain.distill import DistillSettings
+from toolchain.images import images_digest
+from toolchain.staging import progress_bar, swap_in
 
 MAX_RATIO = 0.9
 
@@ -92,3 +108,102 @@ def prune_l1(net: YOLOv5, ratio: float, imgsz: int = 320, round_to: int = 4) -> 
         macs_before=int(macs_before),
         macs_after=int(macs_after),
     )
+
+
+def prune_model(
+    weights: Path,
+    ratio: float,
+    images: Sequence[np.ndarray],
+    out_root: Path,
+    name: str | None = None,
+    settings: DistillSettings | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Prune ``weights``' network by ``ratio``, refit every convolution by least squares
+    (``toolchain.reconstruct``), distill it back on ``images``, write
+    ``<out_root>/<name>/`` with weights, FP32 ONNX at ``settings.imgsz`` and the manifest.
+
+    The distillation checkpoint lives in ``<out_root>/.<name>.distill.safetensors``;
+    ``resume=True`` continues from it (same ratio and settings), otherwise it starts over.
+    """
+    from models.export import export_onnx, load_weights, save_weights
+    from models.registry import bump_minor
+    from models.yolov5 import resize_to_state_dict
+    from toolchain.distill import (
+        DistillSettings,
+        distill,
+        feature_hints,
+        load_checkpoint,
+        make_batch,
+    )
+    from toolchain.prune import check_ratio, count_params, prune_l1
+    from toolchain.reconstruct import output_channels, reconstruct
+
+    check_ratio(ratio)
+    s = settings or DistillSettings()
+    teacher, parent = load_weights(weights)
+    name = name or f"{parent.name}-p{round(ratio * 100)}"
+    out_root.mkdir(parents=True, exist_ok=True)
+    ckpt = out_root / f".{name}.distill.safetensors"
+    student = copy.deepcopy(teacher)
+    facts = prune_l1(student, ratio, s.imgsz)
+    hints = feature_hints(student, teacher)  # channel identities, before any training
+    opt_state, start, residuals = None, 0, {}
+    if not resume:  # least-squares refit of every convolution first (seconds, see reconstruct)
+        kept = output_channels(student, teacher)
+        batches = [make_batch(images, replace(s, batch=8), 1_000_000 + k).float() for k in range(8)]
+        residuals = reconstruct(student, teacher, kept, batches)
+        print(f"reconstructed {len(residuals)} convolutions (worst relative residual "
+              f"{max(residuals.values()):.3f})", file=sys.stderr)  # fmt: skip
+    if resume:
+        if not ckpt.is_file():
+            raise VigilError(f"--resume: no checkpoint at {ckpt}")
+        state, opt_state, start = load_checkpoint(ckpt)
+        resize_to_state_dict(student, state)
+        try:
+            student.load_state_dict(state, strict=True)
+        except RuntimeError:
+            raise VigilError(f"{ckpt}: made with a different model or ratio") from None
+        print(f"resuming {name} from step {start}/{s.steps}", file=sys.stderr)
+    update = progress_bar(s.steps, start, f"distill {name}") if progress else None
+    result = distill(student, teacher, images, s, ckpt, opt_state, start, update, hints)
+
+    manifest = copy.deepcopy(parent)
+    manifest.name = name
+    manifest.version = bump_minor(parent.version)
+    manifest.architecture = {**parent.architecture, "pruned": True}
+    manifest.files, manifest.calibration, manifest.metrics = {}, {}, {}
+    manifest.lineage = {
+        "parent": {
+            "name": parent.name,
+            "version": parent.version,
+            "weights_sha256": parent.files["weights"]["sha256"],
+        },
+        "pruning": {**facts.as_dict(), "params": count_params(student)},
+        "reconstruction": {
+            "convolutions": len(residuals),
+            "mean_relative_residual": float(np.mean(list(residuals.values()) or [float("nan")])),
+        },
+        "distillation": {
+            **dataclasses.asdict(s),
+            **result.as_dict(),
+            "images": len(images),
+            "images_sha256": images_digest(images),
+        },
+    }
+    manifest.input_size = s.imgsz
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_root))
+    staging.chmod(0o755)
+    try:
+        save_weights(student, manifest, staging)
+        onnx_path = staging / f"{name}-{s.imgsz}.onnx"
+        export_onnx(student, onnx_path, s.imgsz)
+        manifest.add_file(f"onnx-fp32-{s.imgsz}", onnx_path, imgsz=s.imgsz)
+        manifest.save(staging / f"{name}.json")
+        swap_in(staging, out_root / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    ckpt.unlink(missing_ok=True)
+    out = out_root / name / f"{name}.json"
+    return out

@@ -14,18 +14,28 @@ rounding straight through (``torch.fake_quantize_*``). The Detect layer stays fl
 The result is float weights that lose less when quantized: ``strip`` turns the network back into
 plain fused ``Conv`` blocks, and the INT8 model is then produced by the same ONNX Runtime static
 quantization as post-training INT8 (the activation ranges are re-calibrated, not carried over).
+
+:func:`qat_model` is the step as a registry entry (``vigil models quantize --qat``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.manifest import atomic_write_bytes
 from models.yolov5 import Conv, YOLOv5
+from pipeline.types import VigilError
+from toolchain.images import letterbox_batches
+from toolchain.staging import progress_bar
 
 
 class ActObserverFQ(nn.Module):
@@ -130,3 +140,48 @@ def strip_qat(net: YOLOv5) -> YOLOv5:
     """Back to plain fused ``Conv`` blocks holding the fine-tuned weights (eval mode)."""
     _swap(net, QatConv, lambda m: m.to_block())
     return net.eval()
+
+
+def qat_model(
+    manifest_path: Path,
+    images: Sequence[np.ndarray],
+    data: Path | None,
+    imgsz: int,
+    steps: int,
+    scope: str = "body",
+    progress: bool = True,
+) -> Path:
+    """Quantization-aware fine-tuning (``toolchain.qat``) distilled from the float model, then
+    ONNX Runtime INT8 with the calibration method the manifest's PTQ chose (min-max if none).
+    Writes ``onnx-int8-qat-<imgsz>`` beside the manifest; returns its path."""
+    from models.export import export_onnx, load_weights
+    from toolchain.distill import DistillSettings, distill, make_batch
+    from toolchain.qat import calibrate_ranges, prepare_qat, strip_qat
+    from toolchain.quantize import quantize_int8
+
+    if steps < 1:
+        raise VigilError(f"--qat-steps must be at least 1, got {steps}")
+    teacher, manifest = load_weights(manifest_path)
+    student = prepare_qat(copy.deepcopy(teacher))
+    s = DistillSettings(steps=steps, lr=1e-4, warmup=10, imgsz=imgsz, save_every=steps, seed=1)
+    calibrate_ranges(student, [make_batch(images, s, 1_000_000 + k).float() for k in range(4)])
+    method = str(manifest.calibration.get("method", "minmax"))
+    with tempfile.TemporaryDirectory(prefix="vigil-qat-") as tmp:
+        update = progress_bar(steps, 0, f"QAT {manifest.name}") if progress else None
+        result = distill(student, teacher, images, s, Path(tmp) / "qat.ckpt", progress=update)
+        fp32 = Path(tmp) / "qat-fp32.onnx"
+        export_onnx(strip_qat(student), fp32, imgsz)
+        staged = Path(tmp) / "qat-int8.onnx"
+        facts = quantize_int8(fp32, staged, letterbox_batches(images, imgsz), method, scope)
+        target = manifest_path.parent / f"{manifest.name}-{imgsz}-int8-qat.onnx"
+        atomic_write_bytes(target, staged.read_bytes())
+    qat = {"steps": steps, "lr": s.lr, "distill_loss": result.last_loss, "seconds": result.seconds}
+    manifest.add_file(f"onnx-int8-qat-{imgsz}", target, imgsz=imgsz, **facts, qat=qat)
+    manifest.save(manifest_path)
+    if data is not None:
+        from evaluation.detection import evaluate_map
+        from models.detector import create_detector
+
+        r = evaluate_map(create_detector(target, "onnxruntime"), data, split="eval")
+        print(f"QAT INT8 mAP@.5:.95 {r.map50_95:.4f}  mAP@.5 {r.map50:.4f} (eval split)")
+    return target

@@ -14,14 +14,19 @@ decode (sigmoid, grid, anchor multiply, concat), where one INT8 scale shared by 
 (0..S) and probabilities (0..1) would crush the scores (ENVIRONMENT.md §6).
 Weights: symmetric INT8 per output channel; activations: asymmetric UINT8 per tensor,
 calibrated by min-max (default), entropy or percentile over letterboxed frames.
+
+:func:`quantize_model` is the step as a registry entry (``vigil models quantize``): one trial
+per calibration method, the best mAP@.5:.95 on the eval split wins, every trial recorded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +42,9 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from models.export import INPUT_NAME
-from models.manifest import atomic_write_bytes
+from models.manifest import ModelManifest, atomic_write_bytes
 from pipeline.types import VigilError
+from toolchain.images import images_digest, letterbox_batches
 
 SCOPES = {
     "conv": frozenset({"Conv"}),
@@ -177,3 +183,79 @@ def _head_prefix(graph: onnx.GraphProto) -> str:
         raise VigilError("the ONNX graph does not look like a Vigil YOLOv5 export")
     last = max(int(x.split(".")[1]) for x in layers if x.split(".")[1].isdigit())
     return f"/model.{last}/"
+
+
+@dataclass(frozen=True)
+class CalibrationTrial:
+    method: str
+    map50_95: float
+    map50: float
+    seconds: float
+
+
+def quantize_model(
+    manifest_path: Path,
+    images: Sequence[np.ndarray],
+    methods: Sequence[str],
+    data: Path | None,
+    imgsz: int,
+    scope: str = "body",
+    for_tensorrt: bool = False,
+) -> tuple[Path, list[CalibrationTrial]]:
+    """INT8 QDQ model of ``manifest_path``'s FP32 ONNX, calibrated on ``images`` by each of
+    ``methods``; with more than one, the best mAP@.5:.95 on ``data``'s eval split wins (ties:
+    mAP@.5). Writes ``onnx-int8-<imgsz>`` beside the manifest and records every trial in the
+    manifest's ``calibration``; returns the INT8 path and the trials. ``for_tensorrt``: signed
+    symmetric INT8 for TensorRT's explicit quantization, as ``onnx-int8-trt-<imgsz>``."""
+    import time
+
+    from evaluation.detection import evaluate_map, find_annotations
+    from models.detector import create_detector
+    from toolchain.quantize import CALIBRATION_METHODS, quantize_int8
+
+    for m in methods:
+        if m not in CALIBRATION_METHODS:
+            raise VigilError(f"unknown calibration method {m!r} ({', '.join(CALIBRATION_METHODS)})")
+    if len(methods) > 1 and data is None:
+        raise VigilError("choosing between calibration methods needs --data (a COCO folder)")
+    if data is not None:
+        find_annotations(data)
+    manifest = ModelManifest.load(manifest_path)
+    fp32 = manifest.file_path(manifest_path, f"onnx-fp32-{imgsz}")
+    trials: list[CalibrationTrial] = []
+    best: tuple[tuple[float, float], Path, dict[str, object]] | None = None
+    with tempfile.TemporaryDirectory(prefix="vigil-int8-") as tmp:
+        for method in methods:
+            t0 = time.perf_counter()
+            out = Path(tmp) / f"{method}.onnx"
+            batches = letterbox_batches(images, imgsz)
+            try:
+                facts = quantize_int8(fp32, out, batches, method, scope, symmetric=for_tensorrt)
+            except VigilError as e:
+                print(f"calibration {method:10s} skipped: {e}")
+                continue
+            score = (float("nan"), float("nan"))
+            if data is not None:
+                r = evaluate_map(create_detector(out, "onnxruntime"), data, split="eval")
+                score = (r.map50_95, r.map50)
+            trials.append(CalibrationTrial(method, *score, time.perf_counter() - t0))
+            print(f"calibration {method:10s} mAP@.5:.95 {score[0]:.4f}  mAP@.5 {score[1]:.4f}")
+            if best is None or score > best[0]:
+                best = (score, out, facts)
+        if best is None:
+            raise VigilError(f"every calibration method failed ({', '.join(methods)})")
+        kind = "int8-trt" if for_tensorrt else "int8"
+        target = manifest_path.parent / f"{manifest.name}-{imgsz}-{kind}.onnx"
+        atomic_write_bytes(target, best[1].read_bytes())
+    manifest.add_file(f"onnx-{kind}-{imgsz}", target, imgsz=imgsz, **best[2])
+    if for_tensorrt:
+        manifest.save(manifest_path)
+        return target, trials
+    manifest.calibration = {
+        **best[2],
+        "images_sha256": images_digest(images),
+        "selected_by": "mAP@.5:.95 on the eval split" if data is not None else "given",
+        "trials": [dataclasses.asdict(t) for t in trials],
+    }
+    manifest.save(manifest_path)
+    return target, trials
