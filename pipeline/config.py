@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.types import VigilError
+from trackers.bytetrack import ByteTrackParams
 from trackers.deepsort import DeepSortParams
 from trackers.registry import TRACKERS
 
@@ -67,14 +68,19 @@ class BatchConfig:
 @dataclass(frozen=True)
 class TrackerConfig:
     name: str = field(default="deepsort", metadata={"choices": tuple(TRACKERS)})
-    embedder: str = one_of("mobilenet", "mobilenet", "histogram")
+    # mobilenet, histogram, or a re-id model imported with `vigil models import-reid`
+    # (its registry name or manifest path)
+    embedder: str = field(default="mobilenet", metadata={"pattern": r"^\S+$"})
     embedder_model: str = str(DEFAULT_REID)  # ONNX file of the mobilenet embedder
-    # One section per registered tracker (a test checks that every tracker has one).
+    embedder_size: str = field(default="", metadata={"pattern": r"^(\d+x\d+)?$"})  # crop HxW
+    # One section per registered tracker (a test checks that every tracker has one);
+    # deepsort-reference reads the deepsort section.
     deepsort: DeepSortParams = field(default_factory=DeepSortParams)
+    bytetrack: ByteTrackParams = field(default_factory=ByteTrackParams)
 
-    def params(self) -> Any:
-        """The parameters of the chosen tracker (its own dataclass)."""
-        return getattr(self, self.name)
+    def params(self, name: str = "") -> Any:
+        """The parameters of tracker ``name`` (default: the chosen one), its own dataclass."""
+        return getattr(self, TRACKERS[name or self.name].section)
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,9 @@ class StreamConfig:
 
     ``fps``: inference rate (0: every decoded frame); ``loop`` and ``realtime`` apply to files
     and folders (a recorded file played as a live camera); ``url`` is an ``rtsp://``,
-    ``rtsps://`` (``http(s)://`` if allowed) URL or a path under ``server.media_root``.
+    ``rtsps://`` (``http(s)://`` if allowed) URL or a path under ``server.media_root``;
+    ``tracker`` picks this stream's tracker by name (empty: ``tracker.name``), with that
+    tracker's ``tracker.<section>`` knobs.
     """
 
     id: str = field(default="", metadata={"pattern": STREAM_ID, "required": True})
@@ -137,6 +145,7 @@ class StreamConfig:
     loop: bool = True
     realtime: bool = True
     rtsp_transport: str = one_of("tcp", "tcp", "udp")
+    tracker: str = field(default="", metadata={"choices": ("", *TRACKERS)})  # "": tracker.name
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,210 @@
+"""ByteTrack over arrays: a motion-only tracker that also uses low-score detections.
+
+The association of Zhang et al. (ByteTrack, ECCV 2022), frame by frame, on the Kalman filter
+DeepSORT uses (:mod:`trackers.kalman`, shared track table :mod:`trackers.state`):
+
+1. one batched predict of every track (the height velocity of lost tracks frozen);
+2. confirmed and lost tracks vs detections scoring at least ``high_threshold``: ``1 - IoU``
+   of the Kalman boxes, weighted by the detection score (``fuse_score``), gated at
+   ``match_threshold``; a matched lost track is found again under its id;
+3. confirmed tracks still unmatched vs the low-score detections (``low_threshold`` up to
+   ``high_threshold``), plain IoU, gated at ``low_match_threshold``; confirmed tracks still
+   unmatched become lost;
+4. optional, from OC-SORT (Cao et al., CVPR 2023), observation-centric recovery: tracks still
+   unmatched vs the high-score detections left, by IoU with the track's *last detection*
+   rather than its drifting prediction, gated at ``recovery_iou``;
+5. tentative tracks (born in the previous frame) vs the high-score detections left, gated at
+   ``unconfirmed_match_threshold``: matched ones are confirmed, the others die;
+6. high-score detections left with at least ``init_threshold`` start tentative tracks (the
+   first frame of a stream confirms them at once); lost tracks die after ``max_lost`` frames;
+   a lost track that overlaps a tracked one almost exactly (IoU > 0.85) is a duplicate, and the
+   younger of the two goes.
+
+Reported: confirmed tracks matched in this frame, with the detection's box. Tracks only match
+detections of their own class; ids are unique per stream for the life of the process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.types import Detections, Tracks
+from trackers.matching import INFEASIBLE, assign, iou_matrix, valid_detections
+from trackers.state import (
+    CONFIRMED,
+    LOST,
+    TENTATIVE,
+    TrackTable,
+    matched_tracks,
+    predicted_tracks,
+)
+
+DUPLICATE_IOU = 0.85
+
+
+@dataclass(frozen=True)
+class ByteTrackParams:
+    """ByteTrack's knobs (``tracker.bytetrack`` in the config; bounds in ``metadata``).
+
+    high_threshold: detections at least this confident take part in the first association;
+    low_threshold: the weakest detections used at all (second association); init_threshold:
+    a detection needs this to start a track; match_threshold / low_match_threshold /
+    unconfirmed_match_threshold: cost gates (1 - IoU, score-weighted with ``fuse_score``) of
+    the first, second and tentative-track associations; max_lost: frames a lost track is kept
+    for re-identification by motion; recovery: OC-SORT's observation-centric recovery, gated
+    at ``recovery_iou``.
+    """
+
+    high_threshold: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
+    low_threshold: float = field(default=0.1, metadata={"range": (0.0, 1.0)})
+    init_threshold: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
+    match_threshold: float = field(default=0.8, metadata={"range": (0.0, 1.0)})
+    low_match_threshold: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
+    unconfirmed_match_threshold: float = field(default=0.7, metadata={"range": (0.0, 1.0)})
+    fuse_score: bool = True
+    max_lost: int = field(default=30, metadata={"range": (1, 10000)})
+    recovery: bool = False
+    recovery_iou: float = field(default=0.3, metadata={"range": (0.0, 1.0)})
+
+
+class ByteTracker:
+    """ByteTrack over arrays (see the module docstring); one instance per stream."""
+
+    uses_appearance = False
+
+    def __init__(self, params: ByteTrackParams | None = None) -> None:
+        self.params = params or ByteTrackParams()
+        self.table = TrackTable()
+        self.frames = 0
+
+    def reset(self) -> None:
+        self.table.clear()
+        self.frames = 0
+
+    @property
+    def live_tracks(self) -> int:
+        return len(self.table)
+
+    def _iou_cost(
+        self,
+        slots: np.ndarray,
+        dets: np.ndarray,
+        detections: Detections,
+        fuse: bool,
+        boxes: np.ndarray | None = None,
+    ) -> np.ndarray:
+        tb = self.table
+        track_boxes = tb.predicted_xyxy(slots) if boxes is None else boxes
+        iou = iou_matrix(track_boxes, detections.xyxy[dets])
+        if fuse:
+            iou = iou * detections.confidence[dets][None, :].astype(np.float64)
+        cost = 1.0 - iou
+        cost[tb.class_id[slots][:, None] != detections.class_id[dets][None, :]] = INFEASIBLE
+        return cost
+
+    def _match(
+        self,
+        slots: np.ndarray,
+        dets: np.ndarray,
+        detections: Detections,
+        threshold: float,
+        fuse: bool = False,
+        boxes: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Match and correct; returns matched slots, their detections, slots and detections
+        left (both in their input order)."""
+        if slots.size == 0 or dets.size == 0:
+            return slots[:0], dets[:0], slots, dets
+        cost = self._iou_cost(slots, dets, detections, fuse, boxes)
+        m_slots, m_dets, left_dets = assign(cost, threshold, slots, dets)
+        left_slots = slots[~np.isin(slots, m_slots)]
+        left_dets = np.sort(left_dets)
+        self.table.correct(m_slots, detections.xyxy[m_dets], detections.confidence[m_dets], m_dets)
+        return m_slots, m_dets, left_slots, left_dets
+
+    def update(
+        self,
+        detections: Detections,
+        embeddings: np.ndarray | None = None,
+        frame_index: int = 0,
+        pts: float = 0.0,
+    ) -> Tracks:
+        """Track one frame (``embeddings`` is ignored: motion only)."""
+        p, tb = self.params, self.table
+        self.frames += 1
+        order = tb.active()
+        state = tb.state[order]
+        tb.predict(order, freeze_height=state == LOST)
+        pool, tentative = order[state != TENTATIVE], order[state == TENTATIVE]
+
+        dets = valid_detections(detections, p.low_threshold)
+        high_mask = detections.confidence[dets] >= p.high_threshold
+        high, low = dets[high_mask], dets[~high_mask]
+
+        matched1, _, pool_left, high = self._match(
+            pool, high, detections, p.match_threshold, p.fuse_score
+        )
+        tb.state[matched1] = CONFIRMED  # found again if it was lost
+        tracked = pool_left[tb.state[pool_left] == CONFIRMED]
+        matched2, _, tracked_left, _ = self._match(tracked, low, detections, p.low_match_threshold)
+        tb.state[tracked_left] = LOST
+        if p.recovery:
+            left = pool_left[~np.isin(pool_left, matched2)]
+            m_rec, _, _, high = self._match(
+                left, high, detections, 1.0 - p.recovery_iou, boxes=tb.last_xyxy[left]
+            )
+            tb.state[m_rec] = CONFIRMED
+        matched3, _, unconfirmed_left, high = self._match(
+            tentative, high, detections, p.unconfirmed_match_threshold, p.fuse_score
+        )
+        tb.state[matched3] = CONFIRMED
+        tb.remove(unconfirmed_left)
+
+        born = high[detections.confidence[high] >= p.init_threshold]
+        if born.size:
+            first = CONFIRMED if self.frames == 1 else TENTATIVE
+            tb.add(
+                detections.xyxy[born],
+                detections.class_id[born],
+                detections.confidence[born],
+                born,
+                first,
+            )
+        order = tb.active()
+        expired = (tb.state[order] == LOST) & (tb.time_since_update[order] > p.max_lost)
+        tb.remove(order[expired])
+        self._remove_duplicates()
+        return self._report(frame_index, pts, detections)
+
+    def _remove_duplicates(self) -> None:
+        """A lost track and a tracked one on the same spot: keep the one tracked longer."""
+        tb = self.table
+        order = tb.active()
+        lost = order[tb.state[order] == LOST]
+        tracked = order[tb.state[order] != LOST]
+        if lost.size == 0 or tracked.size == 0:
+            return
+        iou = iou_matrix(tb.predicted_xyxy(tracked), tb.predicted_xyxy(lost))
+        ti, li = np.nonzero(iou > DUPLICATE_IOU)
+        if ti.size == 0:
+            return
+        tracked_older = tb.age[tracked[ti]] > tb.age[lost[li]]
+        tb.remove(np.unique(np.concatenate((lost[li[tracked_older]], tracked[ti[~tracked_older]]))))
+
+    def _report(self, frame_index: int, pts: float, detections: Detections) -> Tracks:
+        tb = self.table
+        order = tb.active()
+        slots = order[(tb.det_index[order] >= 0) & (tb.state[order] == CONFIRMED)]
+        return matched_tracks(tb, slots, detections, frame_index, pts)
+
+    def predict_only(self, frame_index: int = 0, pts: float = 0.0) -> Tracks:
+        """Advance every track one frame without detections (a frame the detector skipped);
+        returns the confirmed tracks matched at the last detection frame at their predicted
+        boxes. Nothing is marked missed."""
+        tb = self.table
+        order = tb.active()
+        tb.predict(order, freeze_height=tb.state[order] == LOST, count_miss=False)
+        shown = order[(tb.time_since_update[order] == 0) & (tb.state[order] == CONFIRMED)]
+        return predicted_tracks(tb, shown, frame_index, pts)
