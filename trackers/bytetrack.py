@@ -57,14 +57,18 @@ class ByteTrackParams:
     at ``recovery_iou``.
     """
 
-    high_threshold: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
+    high_threshold: float = field(default=0.5, metadata={"range": (0.0, 1.0), "tune": (0.2, 0.7)})
     low_threshold: float = field(default=0.1, metadata={"range": (0.0, 1.0)})
-    init_threshold: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
-    match_threshold: float = field(default=0.8, metadata={"range": (0.0, 1.0)})
-    low_match_threshold: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
-    unconfirmed_match_threshold: float = field(default=0.7, metadata={"range": (0.0, 1.0)})
-    fuse_score: bool = True
-    max_lost: int = field(default=30, metadata={"range": (1, 10000)})
+    init_threshold: float = field(default=0.6, metadata={"range": (0.0, 1.0), "tune": (0.2, 0.8)})
+    match_threshold: float = field(default=0.8, metadata={"range": (0.0, 1.0), "tune": (0.5, 0.95)})
+    low_match_threshold: float = field(
+        default=0.5, metadata={"range": (0.0, 1.0), "tune": (0.3, 0.9)}
+    )
+    unconfirmed_match_threshold: float = field(
+        default=0.7, metadata={"range": (0.0, 1.0), "tune": (0.3, 0.95)}
+    )
+    fuse_score: bool = field(default=True, metadata={"tune": (False, True)})
+    max_lost: int = field(default=30, metadata={"range": (1, 10000), "tune": (5, 120)})
     recovery: bool = False
     recovery_iou: float = field(default=0.3, metadata={"range": (0.0, 1.0)})
 

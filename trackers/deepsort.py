@@ -54,16 +54,22 @@ class DeepSortParams:
     also report matched, not yet confirmed tracks.
     """
 
-    max_age: int = field(default=30, metadata={"range": (1, 10000)})
-    n_init: int = field(default=2, metadata={"range": (1, 100)})
-    max_iou_distance: float = field(default=0.7, metadata={"range": (0.0, 1.0)})
-    max_cosine_distance: float = field(default=0.3, metadata={"range": (0.0, 2.0)})
-    nn_budget: int = field(default=50, metadata={"range": (1, 10000)})
+    max_age: int = field(default=30, metadata={"range": (1, 10000), "tune": (5, 120)})
+    n_init: int = field(default=2, metadata={"range": (1, 100), "tune": (1, 5)})
+    max_iou_distance: float = field(
+        default=0.7, metadata={"range": (0.0, 1.0), "tune": (0.3, 0.95)}
+    )
+    max_cosine_distance: float = field(
+        default=0.3, metadata={"range": (0.0, 2.0), "tune": (0.05, 0.6)}
+    )
+    nn_budget: int = field(default=50, metadata={"range": (1, 10000), "tune": (5, 100)})
     min_confidence: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
-    init_confidence: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
-    high_confidence: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
-    weak_iou_distance: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
-    report_tentative: bool = True
+    init_confidence: float = field(default=0.5, metadata={"range": (0.0, 1.0), "tune": (0.2, 0.8)})
+    high_confidence: float = field(default=0.0, metadata={"range": (0.0, 1.0), "tune": (0.1, 0.6)})
+    weak_iou_distance: float = field(
+        default=0.5, metadata={"range": (0.0, 1.0), "tune": (0.3, 0.9)}
+    )
+    report_tentative: bool = field(default=True, metadata={"tune": (False, True)})
 
 
 class Gallery:
