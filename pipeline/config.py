@@ -53,7 +53,9 @@ class ModelConfig:
     precision: str = one_of("int8", "int8", "fp32", "int8-qat")
     backend: str = one_of("auto", "auto", "onnxruntime", "openvino")
     threads: int = bounded(2, 1, 64)  # intra-op threads of the detector and embedder
-    conf_threshold: float = bounded(0.25, 0.0, 1.0)
+    # detections below this are dropped; the trackers' own thresholds split the rest into
+    # strong (start and match tracks) and weak (only continue tracks: ByteTrack's idea)
+    conf_threshold: float = bounded(0.1, 0.0, 1.0)
     iou_threshold: float = bounded(0.45, 0.0, 1.0)
     max_det: int = bounded(300, 1, 10000)
     classes: tuple[str, ...] = ("person",)  # class names, or ("all",)

@@ -103,6 +103,18 @@ def embedder_model(cfg: VigilConfig, name: str) -> Path | None:
     return path
 
 
+def embed_min_confidence(cfg: VigilConfig) -> float:
+    """The weakest detection any configured appearance tracker reads an embedding of: its
+    ``high_confidence`` (weaker ones it matches by position only), 0 if it has no such knob."""
+    chosen = {cfg.tracker.name, *(s.tracker for s in cfg.streams if s.tracker)}
+    floors = [
+        float(getattr(cfg.tracker.params(name), "high_confidence", 0.0))
+        for name in chosen
+        if tracker_uses_appearance(cfg.tracker, name)
+    ]
+    return min(floors, default=0.0)
+
+
 def build_named_embedder(cfg: VigilConfig, name: str) -> Embedder:
     """Embedder ``name`` (see :func:`embedder_model`) at ``tracker.embedder_size``."""
     model = embedder_model(cfg, name)
@@ -139,4 +151,5 @@ def build_engine(cfg: VigilConfig, appearance: bool | None = None) -> Engine:
         m.iou_threshold,
         m.max_det,
         cfg.batch.max_batch,
+        embed_min_confidence(cfg),
     )

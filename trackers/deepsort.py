@@ -65,7 +65,7 @@ class DeepSortParams:
     nn_budget: int = field(default=50, metadata={"range": (1, 10000), "tune": (5, 100)})
     min_confidence: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
     init_confidence: float = field(default=0.5, metadata={"range": (0.0, 1.0), "tune": (0.2, 0.8)})
-    high_confidence: float = field(default=0.0, metadata={"range": (0.0, 1.0), "tune": (0.1, 0.6)})
+    high_confidence: float = field(default=0.25, metadata={"range": (0.0, 1.0), "tune": (0.1, 0.6)})
     weak_iou_distance: float = field(
         default=0.5, metadata={"range": (0.0, 1.0), "tune": (0.3, 0.9)}
     )

@@ -21,8 +21,7 @@ class TrackTable:
     """Arrays indexed by slot; see the module docstring.
 
     mean ``(C, 8) float64`` / cov ``(C, 8, 8) float64``: the Kalman state (xyah + velocities,
-    source pixels); last_xyxy ``(C, 4) float64``: the last matched detection box;
-    det_index ``(C,) int32``: the detection row matched in the current frame, or -1.
+    source pixels); det_index ``(C,) int32``: the detection row matched in the current frame, or -1.
     """
 
     def __init__(self, capacity: int = 32) -> None:
@@ -41,7 +40,6 @@ class TrackTable:
         self.confidence = np.zeros(capacity, np.float32)
         self.mean = np.zeros((capacity, 8))
         self.cov = np.zeros((capacity, 8, 8))
-        self.last_xyxy = np.zeros((capacity, 4))
 
     _ARRAYS = (
         "alive",
@@ -55,7 +53,6 @@ class TrackTable:
         "confidence",
         "mean",
         "cov",
-        "last_xyxy",
     )
 
     @property
@@ -114,7 +111,6 @@ class TrackTable:
         self.confidence[slots] = confidence
         self.mean[slots] = mean
         self.cov[slots] = cov
-        self.last_xyxy[slots] = xyxy
         return slots
 
     def predict(
@@ -156,7 +152,6 @@ class TrackTable:
         self.time_since_update[slots] = 0
         self.det_index[slots] = det_index
         self.confidence[slots] = confidence
-        self.last_xyxy[slots] = xyxy
 
     def remove(self, slots: np.ndarray) -> None:
         self.alive[slots] = False
