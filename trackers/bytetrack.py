@@ -123,7 +123,7 @@ class ByteTracker:
             return slots[:0], dets[:0], slots, dets
         cost = self._iou_cost(slots, dets, detections, fuse)
         m_slots, m_dets, left_dets = assign(cost, threshold, slots, dets)
-        left_slots = slots[~np.isin(slots, m_slots)]
+        left_slots = self.table.without(slots, m_slots)
         left_dets = np.sort(left_dets)
         self.table.correct(m_slots, detections.xyxy[m_dets], detections.confidence[m_dets], m_dets)
         return m_slots, m_dets, left_slots, left_dets

@@ -215,7 +215,7 @@ class VectorizedDeepSort:
         IoU with the Kalman boxes. Weak detections continue tracks but never start one, and
         their embeddings (often of a half-hidden person) stay out of the gallery."""
         tb, p = self.table, self.params
-        left = np.setdiff1d(confirmed, matched, assume_unique=True)
+        left = tb.without(confirmed, matched)
         left = left[tb.time_since_update[left] == 1]
         if left.size == 0 or weak.size == 0:
             return left[:0], weak[:0]
@@ -250,7 +250,7 @@ class VectorizedDeepSort:
         dets, weak = dets[strong], dets[~strong]
 
         m_a, d_a, unmatched = self._cascade(confirmed, xyxy, cls, feats, dets)
-        left = np.setdiff1d(confirmed, m_a, assume_unique=True)  # ascending, as the reference
+        left = tb.without(confirmed, m_a)  # in creation order, as the reference
         candidates = np.concatenate((unconfirmed, left[tb.time_since_update[left] == 1]))
         m_b, d_b = candidates[:0], unmatched[:0]
         if candidates.size and unmatched.size:
@@ -268,7 +268,7 @@ class VectorizedDeepSort:
         tb.correct(m_c, xyxy[d_c], detections.confidence[d_c], d_c)
         matched = np.concatenate((matched, m_c))
 
-        missed = np.setdiff1d(order, matched, assume_unique=True)
+        missed = tb.without(order, matched)
         dead = (tb.state[missed] == TENTATIVE) | (tb.time_since_update[missed] > p.max_age)
         tb.remove(missed[dead])
         self.gallery.clear(missed[dead])

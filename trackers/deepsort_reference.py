@@ -1,6 +1,8 @@
 """DeepSORT through ``deep-sort-realtime``: the reference the vectorized ``deepsort`` is held to.
 
-Registered as ``deepsort-reference``; it reads the same ``tracker.deepsort`` knobs. The library
+Registered as ``deepsort-reference``; it reads the same ``tracker.deepsort`` knobs except the
+weak-detection stage, which the library does not have (detections below ``high_confidence`` are
+dropped), and it is not per class. The library
 gets ``embedder=None``: Vigil computes embeddings for all detections of a batch of
 frames in one call (``models.reid``) and hands each frame its rows. Appearance memory per track
 is capped by ``nn_budget``; deleted tracks leave the library's state, so memory is bounded.
@@ -19,6 +21,7 @@ from deep_sort_realtime.deep_sort.tracker import Tracker as _LibTracker
 
 from pipeline.types import Detections, Tracks
 from trackers.deepsort import DeepSortParams
+from trackers.matching import valid_detections
 
 
 class _LibTrackerWithInitGate(_LibTracker):
@@ -62,15 +65,14 @@ class ReferenceDeepSort:
         pts: float = 0.0,
     ) -> Tracks:
         xyxy = detections.xyxy
-        wh = xyxy[:, 2:] - xyxy[:, :2]
-        keep = np.flatnonzero(
-            (wh[:, 0] > 0) & (wh[:, 1] > 0) & (detections.confidence >= self.params.min_confidence)
-        )
+        p = self.params
+        # the library has no weak-detection stage: detections below high_confidence are dropped
+        keep = valid_detections(detections, max(p.min_confidence, p.high_confidence))
         if embeddings is None or embeddings.shape[0] != len(detections):
             # DeepSORT's cascade needs a real appearance per detection: a constant one would make
             # every assignment inside the motion gate a tie.
-            raise ValueError("DeepSortTracker.update needs one embedding row per detection")
-        ltwh = np.concatenate((xyxy[keep, :2], wh[keep]), axis=1).tolist()
+            raise ValueError("DeepSORT needs one embedding row per detection")
+        ltwh = np.concatenate((xyxy[keep, :2], xyxy[keep, 2:] - xyxy[keep, :2]), axis=1).tolist()
         conf = detections.confidence[keep].tolist()
         cls = detections.class_id[keep].tolist()
         feats = embeddings[keep]

@@ -153,6 +153,12 @@ class TrackTable:
         self.det_index[slots] = det_index
         self.confidence[slots] = confidence
 
+    def without(self, slots: np.ndarray, drop: np.ndarray) -> np.ndarray:
+        """``slots`` minus ``drop``, in the order of ``slots`` (one mask, no sort)."""
+        mask = np.zeros(self.capacity, bool)
+        mask[drop] = True
+        return slots[~mask[slots]]
+
     def remove(self, slots: np.ndarray) -> None:
         self.alive[slots] = False
         self.det_index[slots] = -1
