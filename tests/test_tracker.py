@@ -122,3 +122,16 @@ def test_gallery_keeps_the_last_budget_samples() -> None:
     assert kept == {tuple(np.round(v, 5)) for v in feats[6:]}
     d = tr.gallery.cosine_distance(np.array([slot]), feats[[9, 0]])
     assert d[0, 0] == pytest.approx(0.0, abs=1e-6) and d[0, 1] > 0.5
+
+
+def test_sparse_gate_equals_the_full_mahalanobis_test() -> None:
+    rng = np.random.default_rng(12)
+    z = np.column_stack(
+        (rng.uniform(0, 1900, 60), rng.uniform(0, 1000, 60), rng.uniform(0.3, 0.6, 60),
+         rng.uniform(40, 200, 60))
+    )  # fmt: skip
+    mean, cov = kalman.predict(*kalman.initiate(z))
+    meas = z + rng.normal(0, 15, z.shape)
+    full = kalman.gating_distance(mean, cov, meas) <= kalman.CHI2_95_4D
+    np.testing.assert_array_equal(kalman.gate(mean, cov, meas), full)
+    assert 0 < full.sum() < full.size

@@ -129,3 +129,27 @@ def gating_distance(
     # L y = d^T, per track; the squared norm of y is the squared Mahalanobis distance
     y = np.linalg.solve(chol, d.transpose(0, 2, 1))
     return np.einsum("nkm,nkm->nm", y, y)
+
+
+def gate(
+    mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray, threshold: float = CHI2_95_4D
+) -> np.ndarray:
+    """``(N, M)`` bool: which measurements ``(M, 4)`` xyah lie inside each track's gate
+    (squared Mahalanobis distance at most ``threshold``), the same answer as comparing
+    :func:`gating_distance`, computed sparsely: a squared Mahalanobis distance is at least
+    each coordinate's own ``d_k^2 / S_kk``, so pairs failing any of those cheap tests are out
+    without the full product, which then runs only for the pairs left."""
+    n, m = mean.shape[0], measurements.shape[0]
+    inside = np.zeros((n, m), bool)
+    if n == 0 or m == 0:
+        return inside
+    z_mean, s = project(mean, cov)
+    d = measurements[None, :, :] - z_mean[:, None, :]  # (N, M, 4)
+    var = np.diagonal(s, axis1=1, axis2=2)  # (N, 4)
+    near = ((d * d) <= threshold * var[:, None, :]).all(axis=2)
+    ti, mi = np.nonzero(near)
+    if ti.size:
+        dp = d[ti, mi]  # (P, 4)
+        s_inv = np.linalg.inv(s)
+        inside[ti, mi] = np.einsum("pi,pij,pj->p", dp, s_inv[ti], dp) <= threshold
+    return inside
