@@ -4,12 +4,14 @@
 wrapping at the edges), each detected in 95 % of frames with a few pixels of box noise, with
 one appearance per person (``dim``-d, plus noise, L2-normalised). Every tracker sees the same
 frames; the figure is the median (and p95) milliseconds of ``update`` per frame after the tracks
-have settled. The trackers are timed frame by frame, interleaved, so load from other processes
-falls on all of them alike.
+have settled. Each tracker runs whole passes over the scene, alternating with the others
+(interleaving frame by frame would charge one tracker's garbage collection to another: the
+reference leaves many Python objects behind), so load from other processes falls on all alike.
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Sequence
@@ -44,26 +46,36 @@ def crowd(n: int, frames: int, dim: int, seed: int = 0) -> list[tuple[Detections
 
 
 def bench_trackers(
-    names: Sequence[str], sizes: Sequence[int], dim: int, frames: int = 150, settle: int = 30
+    names: Sequence[str],
+    sizes: Sequence[int],
+    dim: int,
+    frames: int = 150,
+    settle: int = 30,
+    rounds: int = 2,
 ) -> list[dict[str, Any]]:
-    """Rows ``{"stage": "track <name> <n> people", median_ms, p95_ms, ...}`` per tracker and
-    crowd size; trackers timed interleaved, frame by frame."""
+    """Rows ``{"stage": "track <name>, <n> people (<dim>-d)", median_ms, p95_ms, ...}`` per
+    tracker and crowd size: ``rounds`` whole passes per tracker, alternating, frames after
+    ``settle`` timed."""
     from trackers.registry import create_tracker
 
     rows = []
     for n in sizes:
         scene = crowd(n, frames, dim)
-        trackers = {name: create_tracker(name) for name in names}
         times: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
         live: dict[str, int] = {}
-        for i, (dets, emb) in enumerate(scene):
-            for name, tr in trackers.items():
-                t = time.perf_counter()
-                tr.update(dets, emb if tr.uses_appearance else None, i)
-                if i >= settle:
-                    times[name].append((time.perf_counter() - t) * 1e3)
-            if i == frames - 1:
-                live = {name: int(getattr(tr, "live_tracks", 0)) for name, tr in trackers.items()}
+        for _ in range(rounds):  # whole passes, alternating trackers between rounds
+            for name in names:
+                tr = create_tracker(name)
+                gc.collect()  # one tracker's garbage must not be collected on another's clock
+                for i, (dets, emb) in enumerate(scene):
+                    t, c = time.perf_counter(), time.process_time()
+                    tr.update(dets, emb if tr.uses_appearance else None, i)
+                    if i >= settle:
+                        times[name].append((time.perf_counter() - t) * 1e3)
+                        cpu[name].append((time.process_time() - c) * 1e3)
+                live[name] = int(getattr(tr, "live_tracks", 0))
+                del tr
         for name in names:
             med = statistics.median(times[name])
             rows.append(
@@ -74,6 +86,8 @@ def bench_trackers(
                     "frames_per_call": 1,
                     "fps": round(1000.0 / med, 1) if med else 0.0,
                     "live_tracks": live.get(name, 0),
+                    # CPU time of the update: on a shared machine, less skewed by other loads
+                    "cpu_median_ms": round(statistics.median(cpu[name]), 3),
                 }
             )
     return rows
