@@ -4,7 +4,9 @@ side by side in one run on the same footage and model. Figures, not pass/fail.
 Sections (each a function returning plain dicts, gathered into ``bench.json``/``bench.md``):
 
 - ``stages``: median and p95 ms per call and frames/s for decode (FFmpeg pipe, PyAV, OpenCV),
-  preprocess, inference (each backend x precision x batch 1/8), embedding, tracking, encoding;
+  preprocess, inference (each backend x precision x batch 1/8), embedding (each embedder),
+  tracking (the configured tracker on the sample clip, then every tracker on synthetic crowds
+  of 20 and 100 people: :mod:`benchmarks.tracking`), encoding;
 - ``replay``: Vigil's replay fps and per-stage split on each footage;
 - ``baselines``: the naive loop and FFmpeg decode-only on the same footage, and Vigil's fps as
   a ratio of each;
@@ -29,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.config import SAMPLE_CLIP, VigilConfig, resolve_path
+from pipeline.config import SAMPLE_CLIP, VigilConfig
 
 SAMPLE = SAMPLE_CLIP
 
@@ -109,13 +111,14 @@ def bench_decoders(source: Path, max_frames: int) -> list[dict[str, Any]]:
 
 
 def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
+    from benchmarks.tracking import bench_trackers
     from models.detector import available_backends, create_detector
     from models.postprocess import postprocess
-    from models.reid import create_embedder
     from pipeline.encode import encode_message
     from pipeline.preprocess import CpuPreprocessor, boxes_to_source
     from pipeline.types import Detections, VigilError
-    from pipeline.wiring import build_tracker, resolve_model
+    from pipeline.wiring import build_named_embedder, build_tracker, resolve_model
+    from trackers.registry import names as tracker_names
 
     repeat = 5 if quick else 30
     frames = _sample_frames(SAMPLE, 40 if quick else 200)
@@ -155,11 +158,13 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
             per_frame.append(Detections(boxes_to_source(d.xyxy, g), d.confidence, d.class_id))
     busiest = max(range(len(per_frame)), key=lambda i: len(per_frame[i]))
     boxes = per_frame[busiest].xyxy
-    for name in ("histogram", "mobilenet"):
-        embedder = create_embedder(name, resolve_path(cfg.tracker.embedder_model))
+    dims = {}
+    for name in dict.fromkeys(("histogram", "mobilenet", cfg.tracker.embedder)):
+        embedder = build_named_embedder(cfg, name)
+        dims[name] = embedder.dim
         per = _timeit(partial(embedder.embed, frames[busiest : busiest + 1], [boxes]), repeat)
         rows.append(_row(f"embed {name} ({len(boxes)} boxes)", per, 1))
-    hist = create_embedder("histogram")
+    hist = build_named_embedder(cfg, "histogram")
     feats = [hist.embed([f], [d.xyxy])[0] for f, d in zip(frames, per_frame, strict=False)]
     tracker = build_tracker(cfg.tracker)
     times = []
@@ -172,7 +177,11 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
         "median_ms": round(statistics.median(times), 3),
         "p95_ms": round(float(np.percentile(times, 95)), 3),
     }
-    rows.append(_row(f"track {cfg.tracker.name}", per, 1))
+    rows.append(_row(f"track {cfg.tracker.name} (sample clip)", per, 1))
+    # crowds of 20 and 100 people, every tracker interleaved, the embedder's dimension
+    names = [n for n in tracker_names() if not (quick and n == "deepsort-reference")]
+    sizes = (20,) if quick else (20, 100)
+    rows += bench_trackers(names, sizes, dims[cfg.tracker.embedder], 40 if quick else 150)
     assert tracks is not None
     per = _timeit(partial(encode_message, tracks, "cam", 1, 0.0), repeat * 20)
     rows.append(_row("encode v1", per, 1))

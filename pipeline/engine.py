@@ -53,7 +53,9 @@ class Engine:
     :func:`pipeline.wiring.build_engine`).
 
     classes: model class ids to keep (None: all); embedder: None when the tracker needs no
-    appearance; thresholds as in ``model.*`` of the config; max_batch: frames per call.
+    appearance; thresholds as in ``model.*`` of the config; max_batch: frames per call;
+    embed_min_confidence: detections below it get a zero embedding row instead of a crop
+    through the embedder (the trackers use weaker detections by position only).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class Engine:
         iou_threshold: float = 0.45,
         max_det: int = 300,
         max_batch: int = 8,
+        embed_min_confidence: float = 0.0,
     ) -> None:
         self.detector = detector
         self.info = info
@@ -74,6 +77,7 @@ class Engine:
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold
         self.max_det = max_det
+        self.embed_min_confidence = embed_min_confidence
         self.pre = CpuPreprocessor(detector.input_size, max_batch)
 
     def process(
@@ -97,7 +101,7 @@ class Engine:
         t3 = time.perf_counter()
         embeds: list[np.ndarray | None] = [None] * len(frames)
         if self.embedder is not None:
-            embeds = list(self.embedder.embed([f.image for f in frames], [d.xyxy for d in dets]))
+            embeds = list(self._embed(frames, dets, self.embedder))
         t4 = time.perf_counter()
         if timings is not None:
             timings.update(
@@ -107,3 +111,18 @@ class Engine:
                 embed=(t4 - t3) * 1e3,
             )
         return dets, embeds
+
+    def _embed(
+        self, frames: Sequence[Frame], dets: list[Detections], embedder: Embedder
+    ) -> list[np.ndarray]:
+        """Embeddings of every detection at or above ``embed_min_confidence`` (one call for
+        the batch); zero rows for the others, so rows still line up with detections."""
+        keep = [np.flatnonzero(d.confidence >= self.embed_min_confidence) for d in dets]
+        boxes = [d.xyxy[k] for d, k in zip(dets, keep, strict=True)]
+        rows = embedder.embed([f.image for f in frames], boxes)
+        out = []
+        for d, k, r in zip(dets, keep, rows, strict=True):
+            full = np.zeros((len(d), embedder.dim), np.float32)
+            full[k] = r
+            out.append(full)
+        return out

@@ -75,6 +75,13 @@ class LivePipeline:
             s = self.cfg.live
             if len(self._streams) >= s.max_streams:
                 raise VigilError(f"at most {s.max_streams} streams")
+            tracker = build_tracker(self.cfg.tracker, spec.tracker)
+            if tracker.uses_appearance and self.engine.embedder is None:
+                raise VigilError(
+                    f"stream {spec.id}: tracker {spec.tracker or self.cfg.tracker.name} needs "
+                    "appearance, but this server was started without an embedder (choose an "
+                    "appearance tracker in tracker.name or in a configured stream)"
+                )
             stream = LiveStream(
                 spec,
                 url,
@@ -84,7 +91,7 @@ class LivePipeline:
                 backoff=Backoff(s.backoff_initial_s, s.backoff_max_s),
                 allow_http=self.cfg.server.allow_http,
             )
-            self._streams[spec.id] = StreamRuntime(stream, build_tracker(self.cfg.tracker))
+            self._streams[spec.id] = StreamRuntime(stream, tracker)
         stream.start()
         return stream
 

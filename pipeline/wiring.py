@@ -13,7 +13,7 @@ from pathlib import Path
 from models.classes import COCO_NAMES
 from models.detector import create_detector
 from models.manifest import ModelManifest, sha256_file
-from models.registry import is_reference, resolve
+from models.registry import is_reference, resolve, roots
 from models.reid import Embedder, create_embedder
 from pipeline.config import ModelConfig, TrackerConfig, VigilConfig, resolve_path
 from pipeline.engine import Engine, ModelInfo, class_filter
@@ -58,27 +58,73 @@ def resolve_model(model: ModelConfig, precision: str | None = None) -> ResolvedM
     return ResolvedModel(manifest.file_path(path, role), manifest, path)
 
 
-def tracker_uses_appearance(tracker: TrackerConfig) -> bool:
-    return bool(build_tracker(tracker).uses_appearance)
+def tracker_uses_appearance(tracker: TrackerConfig, name: str = "") -> bool:
+    return bool(build_tracker(tracker, name).uses_appearance)
 
 
-def build_tracker(tracker: TrackerConfig) -> Tracker:
-    """A fresh tracker state for one stream."""
-    if tracker.name not in TRACKERS:
-        raise VigilError(f"unknown tracker {tracker.name!r} (choose {', '.join(TRACKERS)})")
-    return create_tracker(tracker.name, tracker.params())
+def build_tracker(tracker: TrackerConfig, name: str = "") -> Tracker:
+    """A fresh tracker state for one stream: tracker ``name`` (a stream's own choice; empty:
+    ``tracker.name``) with its ``tracker.<section>`` knobs."""
+    name = name or tracker.name
+    if name not in TRACKERS:
+        raise VigilError(f"unknown tracker {name!r} (choose {', '.join(TRACKERS)})")
+    return create_tracker(name, tracker.params(name))
 
 
 def build_embedder(cfg: VigilConfig) -> Embedder | None:
-    """The appearance embedder, or None when the configured tracker does not use appearance."""
-    if not tracker_uses_appearance(cfg.tracker):
+    """The appearance embedder, or None when neither the configured tracker nor any configured
+    stream's own tracker uses appearance."""
+    chosen = {cfg.tracker.name, *(s.tracker for s in cfg.streams if s.tracker)}
+    if not any(tracker_uses_appearance(cfg.tracker, name) for name in chosen):
         return None
-    t = cfg.tracker
-    return create_embedder(t.embedder, resolve_path(t.embedder_model), cfg.model.threads)
+    return build_named_embedder(cfg, cfg.tracker.embedder)
 
 
-def build_engine(cfg: VigilConfig) -> Engine:
-    """Detector + embedder for ``cfg``, with the model's identity for summaries and /readyz."""
+def embedder_model(cfg: VigilConfig, name: str) -> Path | None:
+    """The file behind embedder ``name``: none for ``histogram``, ``tracker.embedder_model``
+    for ``mobilenet``, else a re-id manifest by registry name (``model.registry``, then the
+    zoo) or by path (written by ``vigil models import-reid``)."""
+    if name == "histogram":
+        return None
+    if name == "mobilenet":
+        return resolve_path(cfg.tracker.embedder_model)
+    if is_reference(name):
+        for root in roots(resolve_path(cfg.model.registry)):
+            path = root / name / f"{name}.json"
+            if path.is_file():
+                return path
+        raise VigilError(
+            f"unknown embedder {name!r}: not histogram or mobilenet, and no re-id model of that "
+            "name in the registry (import one: vigil models import-reid FILE.onnx --name NAME)"
+        )
+    path = resolve_path(name)
+    if path.suffix != ".json":
+        raise VigilError(f"embedder {name}: expected a re-id manifest (.json) from import-reid")
+    return path
+
+
+def embed_min_confidence(cfg: VigilConfig) -> float:
+    """The weakest detection any configured appearance tracker reads an embedding of: its
+    ``high_confidence`` (weaker ones it matches by position only), 0 if it has no such knob."""
+    chosen = {cfg.tracker.name, *(s.tracker for s in cfg.streams if s.tracker)}
+    floors = [
+        float(getattr(cfg.tracker.params(name), "high_confidence", 0.0))
+        for name in chosen
+        if tracker_uses_appearance(cfg.tracker, name)
+    ]
+    return min(floors, default=0.0)
+
+
+def build_named_embedder(cfg: VigilConfig, name: str) -> Embedder:
+    """Embedder ``name`` (see :func:`embedder_model`) at ``tracker.embedder_size``."""
+    model = embedder_model(cfg, name)
+    return create_embedder(name, model, cfg.model.threads, cfg.tracker.embedder_size)
+
+
+def build_engine(cfg: VigilConfig, appearance: bool | None = None) -> Engine:
+    """Detector + embedder for ``cfg``, with the model's identity for summaries and /readyz.
+    ``appearance=False`` builds no embedder whatever the trackers need (the tuner embeds
+    separately, once per embedder)."""
     m = cfg.model
     resolved = resolve_model(m)
     detector = create_detector(resolved.onnx, m.backend, m.threads)
@@ -100,9 +146,10 @@ def build_engine(cfg: VigilConfig) -> Engine:
         detector,
         info,
         class_filter(names, m.classes),
-        build_embedder(cfg),
+        build_embedder(cfg) if appearance is not False else None,
         m.conf_threshold,
         m.iou_threshold,
         m.max_det,
         cfg.batch.max_batch,
+        embed_min_confidence(cfg),
     )

@@ -18,7 +18,9 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "bench.json").read_text())
     stages = {row["stage"] for row in result["stages"]}
-    assert {"decode ffmpeg-pipe", "preprocess b8", "nms", "track deepsort", "encode v1"} <= stages
+    assert {"decode ffmpeg-pipe", "preprocess b8", "nms", "encode v1"} <= stages
+    assert "track deepsort (sample clip)" in stages
+    assert {"track deepsort, 20 people (1280-d)", "track bytetrack, 20 people (1280-d)"} <= stages
     assert any(s.startswith("infer onnxruntime int8 b8") for s in stages)
     assert any(s.startswith("embed mobilenet") for s in stages)
     assert all(row["fps"] > 0 for row in result["stages"])

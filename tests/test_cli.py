@@ -73,6 +73,8 @@ def test_replay_all_classes_and_fp32(tmp_path: Path) -> None:
         ),
         (["replay", str(SAMPLE_CLIP), "--classes", "unicorn"], "unknown class 'unicorn'"),
         (["eval", "/no/such/seq"], "sequence folder not found"),
+        (["replay", str(SAMPLE_CLIP), "--tracker", "sort"], "tracker.name: 'sort' is not one of"),
+        (["replay", str(SAMPLE_CLIP), "--embedder", "nosuch"], "unknown embedder 'nosuch'"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, args: list[str], message: str) -> None:
@@ -111,3 +113,11 @@ def test_replay_frame_folder_covers_every_frame(tmp_path: Path) -> None:
     assert summary["frames_processed"] == 107 and summary["source_kind"] == "folder"
     lines = (tmp_path / "messages.jsonl").read_text().splitlines()
     assert len(lines) == 107
+
+
+def test_import_reid_bad_file_is_one_line(tmp_path: Path) -> None:
+    r = vigil("models", "import-reid", "pyproject.toml", "--registry", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("vigil: "), r.stderr
+    assert "not a loadable ONNX model" in r.stderr and r.stderr.count("\n") == 1
+    r = vigil("models", "import-reid", "README.md", "--mean", "1,2", "--registry", str(tmp_path))
+    assert r.returncode == 2 and "--mean needs three numbers" in r.stderr, r.stderr

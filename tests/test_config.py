@@ -49,9 +49,25 @@ def test_default_yaml_documents_every_knob_with_the_code_defaults() -> None:
 def test_every_registered_tracker_has_its_own_typed_section() -> None:
     t = TrackerConfig()
     for name, spec in TRACKERS.items():
-        assert isinstance(getattr(t, name), spec.params), name
+        assert isinstance(getattr(t, spec.section), spec.params), name
+        assert isinstance(t.params(name), spec.params), name
     chosen = load_config(None, {"tracker.deepsort.max_age": 7}).tracker
     assert chosen.params().max_age == 7
+    assert chosen.params("deepsort-reference").max_age == 7  # the reference reads deepsort's
+    assert load_config(None, {"tracker.name": "bytetrack"}).tracker.params().max_lost == 30
+
+
+def test_a_stream_picks_its_own_tracker() -> None:
+    from pipeline.wiring import build_tracker
+
+    cfg = load_config(None, {"tracker.bytetrack.max_lost": 9})
+    stream = parse_stream({"id": "door", "url": "rtsp://h/s", "tracker": "bytetrack"})
+    tracker = build_tracker(cfg.tracker, stream.tracker)
+    assert not tracker.uses_appearance and tracker.params.max_lost == 9  # type: ignore[attr-defined]
+    default = build_tracker(cfg.tracker, parse_stream({"id": "a", "url": "rtsp://h/s"}).tracker)
+    assert default.uses_appearance
+    with pytest.raises(VigilError, match="tracker: 'sort' is not one of"):
+        parse_stream({"id": "door", "url": "rtsp://h/s", "tracker": "sort"})
 
 
 def test_bounds_come_from_field_metadata() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,38 @@ def test_a_dead_inference_thread_makes_readyz_503_and_says_why(
     response = asyncio.run(readyz.endpoint())  # type: ignore[attr-defined]
     assert response.status_code == 503
     assert b"inference thread died" in response.body
+
+
+def test_each_stream_runs_the_tracker_it_names(synthetic_clip: Path) -> None:
+    """``tracker`` in a stream's config picks its tracker; an appearance tracker on a server
+    started without an embedder is refused with one line, and nothing is started for it."""
+    from pipeline.config import StreamConfig, load_config, parse_stream
+    from pipeline.live import LivePipeline
+    from pipeline.types import VigilError
+    from trackers.bytetrack import ByteTracker
+    from trackers.deepsort import VectorizedDeepSort
+
+    def spec(sid: str, tracker: str = "") -> StreamConfig:
+        return parse_stream({"id": sid, "url": str(synthetic_clip), "tracker": tracker})
+
+    engine = FakeEngine()
+    engine.embedder = object()  # type: ignore[attr-defined]
+    pipe = LivePipeline(load_config(None), lambda _: None, engine=engine)  # type: ignore[arg-type]
+    try:
+        pipe.add_stream(parse_stream({"id": "a", "url": str(synthetic_clip)}))
+        pipe.add_stream(
+            parse_stream({"id": "b", "url": str(synthetic_clip), "tracker": "bytetrack"})
+        )
+        assert isinstance(pipe._streams["a"].tracker, VectorizedDeepSort)
+        assert isinstance(pipe._streams["b"].tracker, ByteTracker)
+    finally:
+        for sid in ("a", "b"):
+            pipe.remove_stream(sid)
+    motion_only = load_config(None, {"tracker.name": "bytetrack"})
+    engine.embedder = None  # type: ignore[attr-defined]
+    pipe = LivePipeline(motion_only, lambda _: None, engine=engine)  # type: ignore[arg-type]
+    with pytest.raises(VigilError, match="tracker deepsort needs appearance"):
+        pipe.add_stream(
+            parse_stream({"id": "c", "url": str(synthetic_clip), "tracker": "deepsort"})
+        )
+    assert pipe.streams() == []

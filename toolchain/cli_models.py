@@ -117,6 +117,37 @@ def cmd_export_reid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_reid(args: argparse.Namespace) -> int:
+    from models.reid_manifest import ReidManifest, ReidPreprocess, import_reid
+
+    def triple(text: str, what: str) -> tuple[float, float, float]:
+        parts = [p for p in text.replace(",", " ").split() if p]
+        try:
+            values = tuple(float(p) for p in parts)
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise VigilError(f"--{what} needs three numbers (one per channel), got {text!r}")
+        return values[0], values[1], values[2]
+
+    pre = ReidPreprocess(
+        channel_order="bgr" if args.bgr else "rgb",
+        mean=triple(args.mean, "mean"),
+        std=triple(args.std, "std"),
+        interpolation=args.interpolation,
+    )
+    name = args.name or args.onnx.stem
+    path = import_reid(args.onnx, args.registry, name, pre, args.size)
+    m = ReidManifest.load(path)
+    p = m.preprocessing()
+    print(
+        f"imported re-id model {m.name}: input {m.input_name} {p.height}x{p.width} "
+        f"{p.channel_order.upper()}, output {m.output_dim}-d, sha256 {m.sha256[:12]} -> {path}"
+    )
+    print(f"use it with: --embedder {m.name} (or tracker.embedder: {m.name} in a config)")
+    return 0
+
+
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     from evaluation.detection import SPLITS
     from pipeline.config import DEFAULT_MODEL, PACKAGE_ROOT
@@ -162,3 +193,16 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     rx.add_argument("--out", type=Path, default=DEFAULT_MODEL.parent)
     rx.add_argument("--crop", default="128x64", help="crop HxW, multiples of 32")
     rx.set_defaults(func=cmd_export_reid)
+
+    ir = models.add_parser(
+        "import-reid", help="register a person re-identification ONNX with its preprocessing"
+    )
+    ir.add_argument("onnx", type=Path, help="ONNX file: (batch, 3, H, W) -> (batch, D)")
+    ir.add_argument("--name", help="registry name (default: the file name)")
+    ir.add_argument("--registry", type=Path, default=PACKAGE_ROOT / "models" / "registry")
+    ir.add_argument("--size", default="", help="input HxW when the file leaves it open")
+    ir.add_argument("--mean", default="0.485,0.456,0.406", help="per channel, [0, 1] units")
+    ir.add_argument("--std", default="0.229,0.224,0.225", help="per channel, [0, 1] units")
+    ir.add_argument("--bgr", action="store_true", help="the network takes BGR (default RGB)")
+    ir.add_argument("--interpolation", default="bilinear", choices=("bilinear", "nearest"))
+    ir.set_defaults(func=cmd_import_reid)
