@@ -115,13 +115,13 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
     from pipeline.encode import encode_message
     from pipeline.preprocess import CpuPreprocessor, boxes_to_source
     from pipeline.types import Detections, VigilError
-    from pipeline.wiring import build_tracker, resolve_model
+    from pipeline.wiring import build_detector, build_tracker, resolve_model
 
     repeat = 5 if quick else 30
     frames = _sample_frames(SAMPLE, 40 if quick else 200)
     rows = bench_decoders(SAMPLE, 60 if quick else 600)
     served = resolve_model(cfg.model)
-    det = create_detector(served.onnx, cfg.model.backend, cfg.model.threads)
+    det = build_detector(cfg, served)
     size = det.input_size
     pre = CpuPreprocessor(size, 8)
     for b in (1, 8):
@@ -182,13 +182,18 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
 def bench_replay(cfg: VigilConfig, footage: list[str], max_frames: int) -> list[dict[str, Any]]:
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
-    from pipeline.wiring import build_engine
+    from pipeline.wiring import build_decode, build_engine
 
     engine = build_engine(cfg)
     out = []
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         for i, spec in enumerate(footage):
-            src = FFmpegSource(spec, max_frames=max_frames, folder_fps=cfg.source.folder_fps)
+            src = FFmpegSource(
+                spec,
+                max_frames=max_frames,
+                folder_fps=cfg.source.folder_fps,
+                decode=build_decode(cfg.source),
+            )
             s = Replay(src, cfg, Path(tmp) / str(i), engine=engine).run()
             stages = {k: v["mean_ms"] for k, v in s["stages_ms"].items()}
             row = {"footage": spec, "frames": s["frames_processed"], "fps": s["fps"]}

@@ -3,6 +3,10 @@
 Everything that runs a model (replay, the live server, evaluation, benchmarks, the toolchain's
 report) resolves it here, so ``--model NAME``, a pinned ``NAME@1.2.0``, a manifest path and a
 bare ONNX file mean the same thing everywhere.
+
+Device placement follows the detector: with a CUDA backend (``torch-cuda``, ``tensorrt``) the
+CNN embedder runs in torch on the same GPU (:mod:`models.reid_torch`) and DALI, when chosen,
+preprocesses on it; on the CPU both stay on the CPU (``torch``: the embedder in torch too).
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.classes import COCO_NAMES
-from models.detector import create_detector
+from models.detector import Detector, DetectorSpec, create_detector
 from models.manifest import ModelManifest, sha256_file
 from models.registry import is_reference, resolve
 from models.reid import Embedder, create_embedder
-from pipeline.config import ModelConfig, TrackerConfig, VigilConfig, resolve_path
-from pipeline.engine import Engine, ModelInfo, class_filter
+from pipeline.config import ModelConfig, SourceConfig, TrackerConfig, VigilConfig, resolve_path
+from pipeline.decode import DecodePlan, resolve_decode
+from pipeline.engine import Engine, ModelInfo, Preprocessor, class_filter
+from pipeline.preprocess import CpuPreprocessor
 from pipeline.types import VigilError
 from trackers.base import Tracker
 from trackers.registry import TRACKERS, create_tracker
@@ -69,40 +75,91 @@ def build_tracker(tracker: TrackerConfig) -> Tracker:
     return create_tracker(tracker.name, tracker.params())
 
 
-def build_embedder(cfg: VigilConfig) -> Embedder | None:
-    """The appearance embedder, or None when the configured tracker does not use appearance."""
+def build_embedder(
+    cfg: VigilConfig, device: str = "cpu", torch_backend: bool = False
+) -> Embedder | None:
+    """The appearance embedder, or None when the configured tracker does not use appearance.
+
+    The CNN embedder runs in ONNX Runtime on the CPU, or in torch on ``device`` when the
+    detector is a torch/TensorRT backend (``torch_backend``)."""
     if not tracker_uses_appearance(cfg.tracker):
         return None
     t = cfg.tracker
+    if t.embedder != "histogram" and torch_backend:
+        from models.reid_torch import TorchEmbedder
+
+        return TorchEmbedder(resolve_path(t.embedder_model), device, t.embedder)
     return create_embedder(t.embedder, resolve_path(t.embedder_model), cfg.model.threads)
 
 
+def build_detector(cfg: VigilConfig, resolved: ResolvedModel | None = None) -> Detector:
+    """The detector ``model.*`` asks for (``auto`` resolved here)."""
+    m = cfg.model
+    resolved = resolved or resolve_model(m)
+    spec = DetectorSpec(
+        resolved.onnx,
+        resolved.manifest_path,
+        m.backend,
+        m.threads,
+        max(cfg.batch.max_batch, cfg.live.max_batch),
+        m.cuda_graphs,
+        resolve_path(m.engine_cache),
+    )
+    return create_detector(spec)
+
+
+def build_preprocessor(cfg: VigilConfig, detector: Detector) -> Preprocessor:
+    """numpy/OpenCV, or DALI (on the detector's GPU when it takes device input)."""
+    max_batch = max(cfg.batch.max_batch, cfg.live.max_batch)
+    if cfg.model.preprocess == "dali":
+        from pipeline.preprocess_dali import DaliPreprocessor
+
+        device_id = 0 if detector.accepts_device else None
+        fp16 = detector.input_dtype == "float16" and device_id is not None
+        return DaliPreprocessor(detector.input_size, max_batch, device_id, fp16, cfg.model.threads)
+    return CpuPreprocessor(detector.input_size, max_batch)
+
+
+def build_decode(source: SourceConfig) -> DecodePlan:
+    """Which FFmpeg decodes, and how (NVDEC or CPU threads), for every source of ``source``."""
+    return resolve_decode(source.ffmpeg, source.decode, source.decode_threads)
+
+
 def build_engine(cfg: VigilConfig) -> Engine:
-    """Detector + embedder for ``cfg``, with the model's identity for summaries and /readyz."""
+    """Detector + preprocessor + embedder for ``cfg``, with the model's identity for summaries
+    and /readyz."""
     m = cfg.model
     resolved = resolve_model(m)
-    detector = create_detector(resolved.onnx, m.backend, m.threads)
+    detector = build_detector(cfg, resolved)
     nc = detector.num_outputs - 5
     manifest = resolved.manifest
     names = list(manifest.class_names) if manifest else (list(COCO_NAMES) if nc == 80 else [])
     names = names or [f"class{i}" for i in range(nc)]
+    precision = detector.precision
+    if precision == "as-file":  # an ONNX runtime runs the ONNX at model.precision
+        precision = m.precision if manifest else "as-file"
     info = ModelInfo(
         name=manifest.name if manifest else resolved.onnx.stem,
         version=manifest.version if manifest else "unversioned",
-        precision=m.precision if manifest else "as-file",
+        precision=precision,
         backend=detector.backend,
-        file=resolved.onnx.name,
-        sha256=sha256_file(resolved.onnx),
+        file=detector.model_file.name,
+        sha256=sha256_file(detector.model_file),
         input_size=detector.input_size,
         class_names=tuple(names),
+        device="cuda" if detector.accepts_device else "cpu",
+        preprocess=m.preprocess,
     )
+    preprocessor = build_preprocessor(cfg, detector)
+    torch_backend = detector.backend in ("torch", "torch-cuda", "tensorrt")
     return Engine(
         detector,
         info,
         class_filter(names, m.classes),
-        build_embedder(cfg),
+        build_embedder(cfg, info.device, torch_backend),
         m.conf_threshold,
         m.iou_threshold,
         m.max_det,
         cfg.batch.max_batch,
+        preprocessor,
     )
