@@ -205,7 +205,7 @@ class TorchDetector:
             raise VigilError(f"input on {batch.device}, detector on {self.device}")
         return batch
 
-    def _raw(self, batch: Any) -> Any:
+    def raw_device(self, batch: Any) -> Any:
         """``(B, A, 5 + nc) float32`` on the device (on the detector's stream when CUDA)."""
         import torch
 
@@ -233,7 +233,7 @@ class TorchDetector:
     # -- the Detector protocol ---------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """``(B, 3, S, S) float32`` -> raw predictions ``(B, A, 5 + nc) float32`` on the host."""
-        raw = self._raw(batch)
+        raw = self.raw_device(batch)
         if self._stream is not None:
             self._stream.synchronize()
         return np.asarray(raw.float().cpu().numpy(), dtype=np.float32)
@@ -248,7 +248,7 @@ class TorchDetector:
         from models.postprocess_torch import postprocess_batch, to_detections
 
         t0 = time.perf_counter()
-        raw = self._raw(batch)
+        raw = self.raw_device(batch)
         if self._stream is not None:
             self._stream.synchronize()
         t1 = time.perf_counter()
