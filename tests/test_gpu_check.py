@@ -7,7 +7,8 @@ import json
 import zipfile
 from pathlib import Path
 
-from benchmarks.gpu_check import device_command, main, slim_wheel
+from benchmarks.gpu_carry import device_command, slim_wheel
+from benchmarks.gpu_check import main
 
 
 def test_smoke_runs_every_section_end_to_end(tmp_path: Path) -> None:
