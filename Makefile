@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+GPU_STAMP := $(VENV)/.installed-gpu
 SAMPLE := assets/one-by-one-person-detection.mp4
 # Ultralytics-free, offline, and quiet: nothing here downloads at run time.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install run replay bench test lint typecheck system-deps clean
+.PHONY: install install-gpu gpu-carry run replay bench test lint typecheck system-deps clean
 
 # Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
 # loopback RTSP server, GStreamer's RTSP server with its Python bindings.
@@ -36,6 +37,19 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 
 install: system-deps $(STAMP)
 
+# The `gpu` extra (NVIDIA DALI) from its lock: the tests need it (DALI's CPU operators run the
+# same preprocessing graph as on a GPU), `make test` installs it; ~15 s, ~720 MB.
+$(GPU_STAMP): $(STAMP) requirements-gpu.lock
+	@$(PY) -m pip install -q -c constraints.txt -r requirements-gpu.lock 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import nvidia.dali" || { echo "install failed: nvidia.dali does not import" >&2; exit 1; }
+	@touch $(GPU_STAMP)
+
+install-gpu: install $(GPU_STAMP)
+
+# Wheels the GPU machine lacks, for `benchmarks/gpu_check.py` there (README "GPU").
+gpu-carry: install
+	$(PY) -m benchmarks.gpu_check --prepare-carry .gpu
+
 # The live server on http://127.0.0.1:8000 with the sample clip looped as camera "sample".
 run: install
 	$(VENV)/bin/vigil serve --config configs/sample.yaml
@@ -44,7 +58,7 @@ run: install
 replay: install
 	$(VENV)/bin/vigil replay $(SAMPLE) --out runs/sample
 
-test: install
+test: install $(GPU_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server benchmarks cli

@@ -117,14 +117,14 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
     from pipeline.encode import encode_message
     from pipeline.preprocess import CpuPreprocessor, boxes_to_source
     from pipeline.types import Detections, VigilError
-    from pipeline.wiring import build_named_embedder, build_tracker, resolve_model
+    from pipeline.wiring import build_detector, build_named_embedder, build_tracker, resolve_model
     from trackers.registry import names as tracker_names
 
     repeat = 5 if quick else 30
     frames = _sample_frames(SAMPLE, 40 if quick else 200)
     rows = bench_decoders(SAMPLE, 60 if quick else 600)
     served = resolve_model(cfg.model)
-    det = create_detector(served.onnx, cfg.model.backend, cfg.model.threads)
+    det = build_detector(cfg, served)
     size = det.input_size
     pre = CpuPreprocessor(size, 8)
     for b in (1, 8):
@@ -191,18 +191,70 @@ def bench_stages(cfg: VigilConfig, quick: bool) -> list[dict[str, Any]]:
 def bench_replay(cfg: VigilConfig, footage: list[str], max_frames: int) -> list[dict[str, Any]]:
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
-    from pipeline.wiring import build_engine
+    from pipeline.wiring import build_decode, build_engine
 
     engine = build_engine(cfg)
     out = []
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         for i, spec in enumerate(footage):
-            src = FFmpegSource(spec, max_frames=max_frames, folder_fps=cfg.source.folder_fps)
+            src = FFmpegSource(
+                spec,
+                max_frames=max_frames,
+                folder_fps=cfg.source.folder_fps,
+                decode=build_decode(cfg.source),
+            )
             s = Replay(src, cfg, Path(tmp) / str(i), engine=engine).run()
             stages = {k: v["mean_ms"] for k, v in s["stages_ms"].items()}
             row = {"footage": spec, "frames": s["frames_processed"], "fps": s["fps"]}
             out.append({**row, "stages_ms": stages})
     return out
+
+
+def live_probe(cfg: VigilConfig, urls: list[str], seconds: float, fps: float) -> dict[str, Any]:
+    """One live run: ``urls`` as looped, real-time-paced streams at ``fps`` (inference rate)
+    through :class:`pipeline.live.LivePipeline` for ``seconds`` after a warm-up; latency is
+    publish time minus the frame's arrival from the decoder."""
+    from pipeline.config import StreamConfig
+    from pipeline.live import LivePipeline, Published
+
+    n = len(urls)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def publish(msg: Published) -> None:
+        with lock:
+            latencies.append(time.time() - msg.arrival)
+
+    live_cfg = replace(cfg, live=replace(cfg.live, max_streams=max(n, 1)))
+    pipe = LivePipeline(live_cfg, publish)
+    for i, url in enumerate(urls):
+        pipe.add_stream(StreamConfig(f"cam{i}", url, fps=fps, loop=True, realtime=True))
+    pipe.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(s.frames_decoded == 0 for s in pipe.streams()):
+        time.sleep(0.2)
+    time.sleep(min(3.0, seconds / 3))  # warm-up
+    with lock:
+        latencies.clear()
+    before = {s.spec.id: (s.frames_decoded, s.slot.dropped) for s in pipe.streams()}
+    time.sleep(seconds)
+    after = {s.spec.id: (s.frames_decoded, s.slot.dropped) for s in pipe.streams()}
+    pipe.stop(2.0)
+    with lock:
+        lat = np.array(latencies) * 1e3
+    decoded = sum(after[k][0] - before[k][0] for k in after)
+    dropped = sum(after[k][1] - before[k][1] for k in after)
+    return {
+        "streams": n,
+        "messages": int(lat.size),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "p95_ms": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+        "fps_out": round(lat.size / seconds, 1),
+        "decoded_fps": round(decoded / seconds, 1),
+        "drop_fraction": round(dropped / max(decoded, 1), 4),
+        "latencies_ms": np.sort(lat).round(1).tolist(),
+    }
 
 
 def bench_live(
@@ -217,52 +269,12 @@ def bench_live(
     step: int = 2,
 ) -> dict[str, Any]:
     """Capacity search: returns per-N results and the largest N that held both bounds."""
-    from pipeline.config import StreamConfig
-    from pipeline.live import LivePipeline, Published
-
     results = []
     largest = 0
     n = 1 if max_streams < step else step
     while n <= max_streams:
-        latencies: list[float] = []
-        lock = threading.Lock()
-
-        def publish(
-            msg: Published, lat: list[float] = latencies, lk: threading.Lock = lock
-        ) -> None:
-            with lk:
-                lat.append(time.time() - msg.arrival)
-
-        live_cfg = replace(cfg, live=replace(cfg.live, max_streams=max(n, 1)))
-        pipe = LivePipeline(live_cfg, publish)
         urls = rtsp_urls(n) if rtsp_urls else [str(clip)] * n
-        for i, url in enumerate(urls):
-            pipe.add_stream(StreamConfig(f"cam{i}", url, fps=fps, loop=True, realtime=True))
-        pipe.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(s.frames_decoded == 0 for s in pipe.streams()):
-            time.sleep(0.2)
-        time.sleep(min(3.0, seconds / 3))  # warm-up
-        with lock:
-            latencies.clear()
-        before = {s.spec.id: (s.frames_decoded, s.slot.dropped) for s in pipe.streams()}
-        time.sleep(seconds)
-        after = {s.spec.id: (s.frames_decoded, s.slot.dropped) for s in pipe.streams()}
-        pipe.stop(2.0)
-        with lock:
-            lat = np.array(latencies) * 1e3
-        decoded = sum(after[k][0] - before[k][0] for k in after)
-        dropped = sum(after[k][1] - before[k][1] for k in after)
-        row = {
-            "streams": n,
-            "messages": int(lat.size),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
-            "p95_ms": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
-            "fps_out": round(lat.size / seconds, 1),
-            "drop_fraction": round(dropped / max(decoded, 1), 4),
-            "latencies_ms": np.sort(lat).round(1).tolist(),
-        }
+        row = live_probe(cfg, urls, seconds, fps)
         results.append(row)
         held = row["p99_ms"] is not None and row["p99_ms"] <= p99_bound_ms
         held = held and row["drop_fraction"] <= drop_bound

@@ -28,9 +28,11 @@ def _config(args: argparse.Namespace) -> Any:
             "model.backend": getattr(args, "backend", None),
             "model.precision": getattr(args, "precision", None),
             "model.classes": classes,
+            "model.preprocess": getattr(args, "preprocess", None),
             "batch.max_batch": getattr(args, "batch", None),
             "tracker.embedder": getattr(args, "embedder", None),
             "tracker.name": getattr(args, "tracker", None),
+            "source.decode": getattr(args, "decode", None),
         },
     )
 
@@ -44,6 +46,7 @@ def _progress(total: int | None, quiet: bool, desc: str, unit: str = "frame") ->
 def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
+    from pipeline.wiring import build_decode
 
     cfg = _config(args)
     source = FFmpegSource(
@@ -53,6 +56,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         folder_fps=cfg.source.folder_fps,
         rtsp_transport=cfg.source.rtsp_transport,
         timeout_s=cfg.source.timeout_s,
+        decode=build_decode(cfg.source),
     )
     replay = Replay(source, cfg, args.out)
     total = source.info.frame_count
@@ -62,11 +66,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         summary = replay.run(bar.update)
     stages = summary["stages_ms"]
     split = ", ".join(f"{k} {v['mean_ms']:.1f}" for k, v in stages.items())
+    m = summary["model"]
     print(
         f"{summary['frames_processed']} frames in {summary['wall_s']:.1f} s "
         f"({summary['fps']:.1f} fps; ms/frame: {split}); "
-        f"model {summary['model']['name']} {summary['model']['version']} "
-        f"{summary['model']['precision']} on {summary['model']['backend']}"
+        f"model {m['name']} {m['version']} {m['precision']} on {m['backend']} ({m['device']}); "
+        f"preprocess {m['preprocess']}; decode {summary['decode']['path']} "
+        f"({summary['decode']['reason']})"
     )
     if summary["decode_errors"]:
         print(f"decoder reported {summary['decode_errors']} errors (decoded past them)")
@@ -174,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="YAML config (see configs/default.yaml)")
         p.add_argument("--model", help="model manifest (.json) or YOLOv5 ONNX file")
         p.add_argument("--precision", choices=("int8", "fp32", "int8-qat"))
-        p.add_argument("--backend", help="auto, onnxruntime or openvino")
+        p.add_argument(
+            "--backend", help="auto, onnxruntime, openvino, torch, torch-cuda or tensorrt"
+        )
+        p.add_argument("--preprocess", help="numpy or dali (NVIDIA DALI, the gpu extra)")
+        p.add_argument("--decode", help="auto, cpu or cuda (FFmpeg -hwaccel cuda)")
         p.add_argument("--classes", help="comma-separated class names or ids, or 'all'")
         p.add_argument("--batch", type=int, help="frames per detector call")
         p.add_argument("--embedder", help="mobilenet, histogram or an imported re-id model")

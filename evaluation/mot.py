@@ -109,14 +109,19 @@ def replay_sequences(
 
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
-    from pipeline.wiring import build_engine
+    from pipeline.wiring import build_decode, build_engine
 
     seqs = [read_sequence(p) for p in paths]
     engine = engine or build_engine(cfg)
     per_seq, replays = {}, {}
     for seq in seqs:
         seq_cfg = replace(cfg, source=replace(cfg.source, folder_fps=seq.fps))
-        source = FFmpegSource(str(seq.path / "img1"), stream_id=seq.name, folder_fps=seq.fps)
+        source = FFmpegSource(
+            str(seq.path / "img1"),
+            stream_id=seq.name,
+            folder_fps=seq.fps,
+            decode=build_decode(cfg.source),
+        )
         out = out_root / seq.name
         replay = Replay(source, seq_cfg, out, engine=engine)
         if progress is None:

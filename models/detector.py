@@ -1,36 +1,79 @@
-"""Runtime detectors behind one ``Detector`` protocol: ONNX Runtime and OpenVINO (CPU).
+"""Runtime detectors behind one ``Detector`` protocol, and the choice between them.
 
-A detector takes the preprocessed batch ``(B, 3, S, S) float32`` (RGB, [0, 1], letterboxed)
-and returns raw predictions ``(B, A, 5 + nc) float32`` (see :mod:`models.export`). Decode and
-NMS are :func:`models.postprocess.postprocess`. Heavy imports are lazy, so a missing optional
-backend never breaks the others.
+A detector takes the preprocessed batch ``(B, 3, S, S)`` (RGB, [0, 1], letterboxed; float32 on
+the host, or a tensor on the detector's device for backends with ``accepts_device``) and
+returns, through ``detect``, one :class:`Detections` per image in letterbox pixels; ``infer``
+gives the raw predictions ``(B, A, 5 + nc) float32`` on the host (see :mod:`models.export`).
+Heavy imports are lazy, so a missing optional backend never breaks the others.
 
-``auto`` picks the fastest backend installed, as measured on the 2-core dev machine (README,
-"Detector backends"): ONNX Runtime, then OpenVINO. (OpenVINO is faster only in its default
-bfloat16 mode, which changes scores by up to 0.05; Vigil runs it in FP32.)
+Backends: ``onnxruntime`` and ``openvino`` (CPU, the manifest's ONNX at the chosen precision,
+decode + NMS in numpy), ``torch`` (CPU, FP32) and ``torch-cuda`` (FP16, CUDA graphs) from the
+manifest's weights (:mod:`models.torch_detector`), ``tensorrt`` (an engine built by ``vigil
+models build-engine``, :mod:`models.tensorrt_runner`). ``auto`` picks, by what is importable
+and present (:func:`pick_backend`): TensorRT (with an engine for this model and GPU), then
+torch-cuda, then ONNX Runtime, then OpenVINO. On the 2-core dev machine ONNX Runtime measured
+fastest of the CPU backends (README, "Detector backends"); OpenVINO runs in FP32 (its default
+bfloat16 changes scores by up to 0.05).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.types import VigilError
+from models.postprocess import PostprocessParams, postprocess_batch
+from pipeline.types import Detections, VigilError
 
-BACKENDS = ("onnxruntime", "openvino")
-AUTO_ORDER = ("onnxruntime", "openvino")
+BACKENDS = ("onnxruntime", "openvino", "torch", "torch-cuda", "tensorrt")
+AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime", "openvino")
+CPU_BACKENDS = ("onnxruntime", "openvino")  # the ONNX runtimes (benchmarked side by side)
 
 
 class Detector(Protocol):
     backend: str
     input_size: int
     num_outputs: int
+    precision: str  # what runs: "as-file" (the ONNX as given), "fp32", "fp16", "int8"
+    input_dtype: str  # "float32" or "float16": what ``detect`` takes best
+    accepts_device: bool  # ``detect`` also takes a tensor on the detector's CUDA device
+    model_file: Path  # the file that runs: the ONNX, the torch weights or the engine
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """``(B, 3, S, S) float32`` -> ``(B, A, 5 + nc) float32``."""
         ...
+
+    def detect(
+        self, batch: Any, params: PostprocessParams, timings: dict[str, float] | None = None
+    ) -> list[Detections]:
+        """Detections per image, letterbox pixels; ``timings`` gets ``infer``/``nms`` ms."""
+        ...
+
+
+class _NumpyPostprocess:
+    """``detect`` for the host backends: ``infer``, then the numpy decode + NMS."""
+
+    precision = "as-file"
+    input_dtype = "float32"
+    accepts_device = False
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def detect(
+        self, batch: Any, params: PostprocessParams, timings: dict[str, float] | None = None
+    ) -> list[Detections]:
+        t0 = time.perf_counter()
+        raw = self.infer(np.ascontiguousarray(batch, dtype=np.float32))
+        t1 = time.perf_counter()
+        dets = postprocess_batch(raw, params)
+        if timings is not None:
+            timings.update(infer=(t1 - t0) * 1e3, nms=(time.perf_counter() - t1) * 1e3)
+        return dets
 
 
 def _check_model_file(path: Path) -> None:
@@ -62,7 +105,7 @@ def _check_io(path: Path, in_shape: list[Any], out_shape: list[Any]) -> tuple[in
     return int(in_shape[2]), int(out_shape[2])
 
 
-class OrtDetector:
+class OrtDetector(_NumpyPostprocess):
     """ONNX Runtime, CPU execution provider."""
 
     backend = "onnxruntime"
@@ -71,6 +114,7 @@ class OrtDetector:
         import onnxruntime as ort
 
         _check_model_file(path)
+        self.model_file = path
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -95,7 +139,7 @@ class OrtDetector:
         return np.asarray(out, dtype=np.float32)
 
 
-class OpenVinoDetector:
+class OpenVinoDetector(_NumpyPostprocess):
     """OpenVINO on the CPU, reading the same ONNX file (FP32 or INT8 QDQ)."""
 
     backend = "openvino"
@@ -104,6 +148,7 @@ class OpenVinoDetector:
         import openvino as ov
 
         _check_model_file(path)
+        self.model_file = path
         core = ov.Core()
         try:
             model = core.read_model(str(path))
@@ -134,26 +179,104 @@ class OpenVinoDetector:
 
 
 def available_backends() -> list[str]:
+    """The ONNX runtimes (CPU backends) that import here."""
     found = []
-    for name, module in (("openvino", "openvino"), ("onnxruntime", "onnxruntime")):
+    for name in ("openvino", "onnxruntime"):
         try:
-            __import__(module)
+            __import__(name)
             found.append(name)
         except ImportError:
             continue
     return found
 
 
-def create_detector(path: Path, backend: str = "auto", threads: int = 2) -> Detector:
-    """Open ``path`` with ``backend`` (``auto``, ``onnxruntime`` or ``openvino``)."""
+def nvidia_device_present() -> bool:
+    """An NVIDIA driver and device node exist (cheap: no CUDA library is loaded)."""
+    return any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia"))
+
+
+def torch_cuda_available() -> bool:
+    """torch imports and sees a CUDA device. torch is imported only when a driver exists."""
+    if not nvidia_device_present() or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What :func:`pick_backend` decides from (gathered by :func:`probe_availability`)."""
+
+    tensorrt_engine: bool  # tensorrt imports, CUDA works and an engine exists for the model
+    torch_cuda: bool  # torch sees a CUDA device, and the model has weights (a manifest)
+    onnx_runtimes: tuple[str, ...]  # of "onnxruntime", "openvino"
+
+
+def pick_backend(have: Availability) -> str:
+    """``auto``: the first of :data:`AUTO_ORDER` that is available."""
+    present = {
+        "tensorrt": have.tensorrt_engine,
+        "torch-cuda": have.torch_cuda,
+        "onnxruntime": "onnxruntime" in have.onnx_runtimes,
+        "openvino": "openvino" in have.onnx_runtimes,
+    }
+    choice = next((b for b in AUTO_ORDER if present[b]), None)
+    if choice is None:
+        raise VigilError("no detector backend installed (need onnxruntime, openvino or torch)")
+    return choice
+
+
+def probe_availability(
+    manifest: Path | None, onnx: Path, engine_cache: Path | None
+) -> Availability:
+    """Look (cheaply, in the order of preference) at what this machine can run."""
+    cuda = torch_cuda_available()
+    engine = False
+    if cuda and engine_cache is not None and importlib.util.find_spec("tensorrt") is not None:
+        from models.tensorrt_runner import find_engine_for
+
+        engine = find_engine_for(engine_cache, manifest, onnx) is not None
+    return Availability(engine, cuda and manifest is not None, tuple(available_backends()))
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What to open: the ONNX file (ONNX runtimes), the manifest with the weights (torch
+    backends; None for a bare ONNX), and the settings of the GPU backends."""
+
+    onnx: Path
+    manifest: Path | None = None
+    backend: str = "auto"
+    threads: int = 2
+    max_batch: int = 8
+    cuda_graphs: bool = True
+    engine_cache: Path | None = None
+
+
+def create_detector(path: Path | DetectorSpec, backend: str = "auto", threads: int = 2) -> Detector:
+    """Open a detector: ``path`` (an ONNX file, with ``backend`` and ``threads``) or a full
+    :class:`DetectorSpec`. ``auto`` resolves with :func:`pick_backend`."""
+    spec = path if isinstance(path, DetectorSpec) else DetectorSpec(path, None, backend, threads)
+    backend = spec.backend
     if backend not in (*BACKENDS, "auto"):
         raise VigilError(f"unknown backend {backend!r} (choose auto, {', '.join(BACKENDS)})")
     if backend == "auto":
-        have = available_backends()
-        choice = next((b for b in AUTO_ORDER if b in have), None)
-        if choice is None:
-            raise VigilError("no detector backend installed (need openvino or onnxruntime)")
-        backend = choice
+        backend = pick_backend(probe_availability(spec.manifest, spec.onnx, spec.engine_cache))
+    if backend in ("torch", "torch-cuda"):
+        if spec.manifest is None:
+            raise VigilError(
+                f"backend {backend} builds the network from a model manifest's weights; "
+                f"{spec.onnx.name} is a bare ONNX file"
+            )
+        from models.torch_detector import TorchDetector
+
+        device = "cuda" if backend == "torch-cuda" else "cpu"
+        return TorchDetector(spec.manifest, device, spec.max_batch, spec.cuda_graphs)
+    if backend == "tensorrt":
+        from models.tensorrt_runner import TensorRTDetector
+
+        return TensorRTDetector.for_model(spec.engine_cache, spec.manifest, spec.onnx)
     if backend == "openvino":
-        return OpenVinoDetector(path, threads)
-    return OrtDetector(path, threads)
+        return OpenVinoDetector(spec.onnx, spec.threads)
+    return OrtDetector(spec.onnx, spec.threads)

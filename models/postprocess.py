@@ -12,11 +12,28 @@ usually in a handful of steps; each step is one matrix operation, never a loop o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipeline.types import Detections
 
 MAX_CANDIDATES = 8192  # per image, highest scores first, before NMS
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Decode/NMS settings shared by every backend (numpy here, torch ops on the GPU).
+
+    classes: ``(K,) int64`` allowed class ids, or None for all; multi_label: every class above
+    the threshold per box (mAP) instead of only the best one.
+    """
+
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    classes: np.ndarray | None = None
+    max_det: int = 300
+    multi_label: bool = False
 
 
 def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
@@ -109,3 +126,12 @@ def postprocess(
     return Detections(
         boxes[keep], conf[keep].astype(np.float32), cls[keep].astype(np.int32, copy=False)
     )
+
+
+def postprocess_batch(raw: np.ndarray, params: PostprocessParams) -> list[Detections]:
+    """:func:`postprocess` for every image of ``raw`` ``(B, A, 5 + nc) float32``."""
+    p = params
+    return [
+        postprocess(pred, p.conf_threshold, p.iou_threshold, p.classes, p.max_det, p.multi_label)
+        for pred in raw
+    ]

@@ -51,8 +51,13 @@ class ModelConfig:
     manifest: str = str(DEFAULT_MODEL)  # registry name[@version], manifest (.json) or .onnx
     registry: str = "models/registry"  # the user's model registry (searched before the zoo)
     precision: str = one_of("int8", "int8", "fp32", "int8-qat")
-    backend: str = one_of("auto", "auto", "onnxruntime", "openvino")
+    backend: str = one_of(
+        "auto", "auto", "onnxruntime", "openvino", "torch", "torch-cuda", "tensorrt"
+    )
     threads: int = bounded(2, 1, 64)  # intra-op threads of the detector and embedder
+    preprocess: str = one_of("numpy", "numpy", "dali")  # letterbox: numpy/OpenCV or DALI
+    cuda_graphs: bool = True  # torch-cuda: one CUDA graph per batch bucket
+    engine_cache: str = "runs/engines"  # tensorrt: where `vigil models build-engine` wrote
     # detections below this are dropped; the trackers' own thresholds split the rest into
     # strong (start and match tracks) and weak (only continue tracks: ByteTrack's idea)
     conf_threshold: float = bounded(0.1, 0.0, 1.0)
@@ -90,6 +95,9 @@ class SourceConfig:
     folder_fps: float = bounded(25.0, 0.1, 1000.0)  # nominal rate of a frame folder
     rtsp_transport: str = one_of("tcp", "tcp", "udp")
     timeout_s: float = bounded(10.0, 0.5, 600.0)
+    ffmpeg: str = "ffmpeg"  # the FFmpeg binary: a name on PATH or a path
+    decode: str = one_of("auto", "auto", "cpu", "cuda")  # cuda: NVDEC via -hwaccel cuda
+    decode_threads: int = bounded(0, 0, 64)  # CPU decoder threads per stream (0: FFmpeg's)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pipeline.engine import Engine
 from pipeline.live_source import LiveStream, StreamState
 from pipeline.live_step import Published, StepGuard, StreamRuntime, run_step
 from pipeline.types import Frame, VigilError
-from pipeline.wiring import build_engine, build_tracker
+from pipeline.wiring import build_decode, build_engine, build_tracker
 
 
 class LivePipeline:
@@ -46,6 +46,7 @@ class LivePipeline:
     ) -> None:
         self.cfg = cfg
         self.engine = engine or build_engine_low_priority(cfg)
+        self.decode = build_decode(cfg.source)  # one FFmpeg and decode path for every stream
         self._publish = publish
         self._observe = observe_stage
         self._batcher = CrossStreamBatcher(cfg.live.max_batch, cfg.live.max_wait_ms)
@@ -90,6 +91,7 @@ class LivePipeline:
                 timeout_s=self.cfg.source.timeout_s,
                 backoff=Backoff(s.backoff_initial_s, s.backoff_max_s),
                 allow_http=self.cfg.server.allow_http,
+                decode=self.decode,
             )
             self._streams[spec.id] = StreamRuntime(stream, tracker)
         stream.start()

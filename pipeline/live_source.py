@@ -21,6 +21,7 @@ import time
 
 from pipeline.batcher import Backoff, LatestSlot, RateGate
 from pipeline.config import StreamConfig
+from pipeline.decode import DecodePlan
 from pipeline.sources import FFmpegSource, redact
 from pipeline.types import VigilError
 
@@ -46,8 +47,10 @@ class LiveStream:
         timeout_s: float = 10.0,
         backoff: Backoff | None = None,
         allow_http: bool = False,
+        decode: DecodePlan | None = None,
     ) -> None:
         self.spec = spec
+        self.decode = decode
         self.url = url or spec.url  # what FFmpeg opens (a path made absolute by the URL policy)
         self.is_network = self.url.lower().startswith(
             ("rtsp://", "rtsps://", "http://", "https://")
@@ -118,6 +121,7 @@ class LiveStream:
             realtime=self.spec.realtime and not self.is_network,
             loop=self.spec.loop and not self.is_network,
             allow_http=self._allow_http,
+            decode=self.decode,
         )
 
     def _run(self) -> None:

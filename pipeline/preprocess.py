@@ -64,6 +64,8 @@ class CpuPreprocessor:
     The uint8 staging buffer is reused between calls (bounded by ``max_batch``).
     """
 
+    name = "numpy"
+
     def __init__(self, size: int, max_batch: int) -> None:
         self.size = size
         self._staging = np.full((max_batch, size, size, 3), PAD_VALUE, np.uint8)

@@ -170,6 +170,7 @@ class Replay:
             ),
             "tracks": self.sinks.unique_tracks,
             "model": {k: v for k, v in asdict(self.engine.info).items() if k != "class_names"},
+            "decode": self.source.decode.describe(),
             "tracker": asdict(self.cfg.tracker),
             "batch": asdict(self.cfg.batch),
         }

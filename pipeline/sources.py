@@ -6,6 +6,9 @@ FFmpeg's log and counts the decode errors it reports (corrupt packets are decode
 fatal). Measured on the 2-core dev machine (README): 720 frames/s for the 768x432 sample clip and
 360 frames/s for TUD-Stadtmitte's 640x480 JPEGs, in a process of its own that overlaps inference.
 
+Which FFmpeg and which decode path (NVDEC with ``-hwaccel cuda``, or the CPU decoder with its
+threads) comes from a :class:`pipeline.decode.DecodePlan`, resolved once from ``source.*``.
+
 Source specs: a video file, a folder of frames (sorted by file name: MOTChallenge ``img1/``), an
 ``rtsp://`` / ``rtsps://`` URL (TCP transport unless told otherwise), or ``http(s)://`` when the
 caller allows it. FFmpeg always gets an explicit ``-protocol_whitelist`` for the kind of source,
@@ -17,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.decode import DecodePlan, parse_ffmpeg_banner, resolve_decode
 from pipeline.types import Frame, VigilError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -46,12 +49,6 @@ def redact(uri: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", uri)
 
 
-def require_ffmpeg() -> None:
-    for tool in ("ffmpeg", "ffprobe"):
-        if shutil.which(tool) is None:
-            raise VigilError(f"{tool} not found on PATH (install FFmpeg: apt-get install ffmpeg)")
-
-
 @dataclass(frozen=True, slots=True)
 class SourceInfo:
     """What the probe learnt. fps is 0 when unknown; frame_count is None when unknown/live."""
@@ -64,19 +61,27 @@ class SourceInfo:
     frame_count: int | None
 
 
-def _probe(args: list[str], what: str, timeout: float) -> dict[str, Any]:
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json"]
+def _probe(plan: DecodePlan, args: list[str], what: str, timeout: float) -> dict[str, Any]:
+    """The first video stream's facts (ffprobe's keys), by ffprobe or, without one, by
+    ``ffmpeg -i``."""
+    if plan.ffprobe is None:
+        cmd = [plan.ffmpeg, "-hide_banner", "-nostdin", *args[:-1], "-i", args[-1]]
+    else:
+        cmd = [plan.ffprobe, "-v", "error", "-select_streams", "v:0", "-show_streams"]
+        cmd += ["-of", "json", *args]
     try:
-        proc = subprocess.run(
-            [*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise VigilError(f"{what}: no answer within {timeout:.0f} s") from None
-    streams = []
-    if proc.returncode == 0:
+    streams: list[dict[str, Any]] = []
+    if plan.ffprobe is None:
+        found = parse_ffmpeg_banner(proc.stderr)
+        streams = [found] if found else []
+    elif proc.returncode == 0:
         streams = json.loads(proc.stdout or "{}").get("streams", [])
     if not streams:
-        msg = (proc.stderr.strip().splitlines() or ["no video stream"])[-1]
+        lines = [ln for ln in proc.stderr.strip().splitlines() if "output file" not in ln]
+        msg = (lines or ["no video stream"])[-1]
         raise VigilError(f"{what} is not a readable video ({redact(msg)})")
     return dict(streams[0])
 
@@ -117,7 +122,9 @@ class FFmpegSource:
     folder_fps: nominal rate of a frame folder (pts = index / fps);
     rtsp_transport: ``tcp`` or ``udp``; timeout_s: network I/O timeout for RTSP;
     realtime: pace a file at its frame rate (a file played as a live camera);
-    loop: restart a file at its end, forever; allow_http: accept http(s):// URLs.
+    loop: restart a file at its end, forever; allow_http: accept http(s):// URLs;
+    decode: which FFmpeg and decode path (default: :func:`pipeline.decode.resolve_decode`'s
+    ``auto`` with the ``ffmpeg`` on PATH).
     """
 
     def __init__(
@@ -131,8 +138,9 @@ class FFmpegSource:
         realtime: bool = False,
         loop: bool = False,
         allow_http: bool = False,
+        decode: DecodePlan | None = None,
     ) -> None:
-        require_ffmpeg()
+        self.decode = decode or resolve_decode()
         self.stream_id = stream_id
         self.max_frames = max_frames
         self.decode_errors = 0
@@ -152,7 +160,7 @@ class FFmpegSource:
                 "-rw_timeout",
                 str(int(timeout_s * 1e6)),
             ]
-            s = _probe([*net, spec], redact(spec), timeout_s + 5)
+            s = _probe(self.decode, [*net, spec], redact(spec), timeout_s + 5)
             self._input = [*net, "-i", spec]
             self.info = SourceInfo(
                 "http", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None
@@ -169,7 +177,7 @@ class FFmpegSource:
                 "-analyzeduration", "1000000", "-probesize", "1000000",
             ]  # fmt: skip
             self._input = [*net, "-fflags", "nobuffer", "-i", spec]
-            s = _probe([*net, spec], redact(spec), timeout_s + 5)
+            s = _probe(self.decode, [*net, spec], redact(spec), timeout_s + 5)
             self.info = SourceInfo(
                 "rtsp", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None
             )
@@ -177,7 +185,7 @@ class FFmpegSource:
         path = Path(spec)
         if path.is_dir():
             files = list_frames(path)
-            s = _probe([str(files[0])], str(files[0]), timeout_s)
+            s = _probe(self.decode, [str(files[0])], str(files[0]), timeout_s)
             self._tmp = tempfile.TemporaryDirectory(prefix="vigil-frames-")
             listing = Path(self._tmp.name) / "frames.txt"
             quoted = (str(f.resolve()).replace("'", "'\\''") for f in files)
@@ -198,7 +206,7 @@ class FFmpegSource:
             raise VigilError(f"source not found: {spec}")
         if not path.is_file():
             raise VigilError(f"source is neither a file, a folder nor an rtsp:// URL: {spec}")
-        s = _probe([str(path)], str(path), timeout_s)
+        s = _probe(self.decode, [str(path)], str(path), timeout_s)
         count = "" if loop else str(s.get("nb_frames") or "")
         self._input = [*_file_flags(realtime, loop), "-i", str(path)]
         self.info = SourceInfo(
@@ -223,8 +231,8 @@ class FFmpegSource:
         size = w * h * 3
         limit = ["-frames:v", str(self.max_frames)] if self.max_frames > 0 else []
         cmd = [
-            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-            *self._input, "-an", "-sn", "-dn", *limit,
+            self.decode.ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
+            *self.decode.input_flags(), *self._input, "-an", "-sn", "-dn", *limit,
             "-f", "rawvideo", "-pix_fmt", "bgr24", "-fps_mode", "passthrough", "pipe:1",
         ]  # fmt: skip
         self._proc = proc = subprocess.Popen(

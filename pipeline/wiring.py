@@ -3,6 +3,10 @@
 Everything that runs a model (replay, the live server, evaluation, benchmarks, the toolchain's
 report) resolves it here, so ``--model NAME``, a pinned ``NAME@1.2.0``, a manifest path and a
 bare ONNX file mean the same thing everywhere.
+
+Device placement follows the detector: with a CUDA backend (``torch-cuda``, ``tensorrt``) the
+CNN embedder runs in torch on the same GPU (:mod:`models.reid_torch`) and DALI, when chosen,
+preprocesses on it; on the CPU both stay on the CPU (``torch``: the embedder in torch too).
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.classes import COCO_NAMES
-from models.detector import create_detector
+from models.detector import Detector, DetectorSpec, create_detector
 from models.manifest import ModelManifest, sha256_file
 from models.registry import is_reference, resolve, roots
 from models.reid import Embedder, create_embedder
-from pipeline.config import ModelConfig, TrackerConfig, VigilConfig, resolve_path
-from pipeline.engine import Engine, ModelInfo, class_filter
+from pipeline.config import ModelConfig, SourceConfig, TrackerConfig, VigilConfig, resolve_path
+from pipeline.decode import DecodePlan, resolve_decode
+from pipeline.engine import Engine, ModelInfo, Preprocessor, class_filter
+from pipeline.preprocess import CpuPreprocessor
 from pipeline.types import VigilError
 from trackers.base import Tracker
 from trackers.registry import TRACKERS, create_tracker
@@ -71,13 +77,16 @@ def build_tracker(tracker: TrackerConfig, name: str = "") -> Tracker:
     return create_tracker(name, tracker.params(name))
 
 
-def build_embedder(cfg: VigilConfig) -> Embedder | None:
+def build_embedder(
+    cfg: VigilConfig, device: str = "cpu", torch_backend: bool = False
+) -> Embedder | None:
     """The appearance embedder, or None when neither the configured tracker nor any configured
-    stream's own tracker uses appearance."""
+    stream's own tracker uses appearance. ``device``/``torch_backend``: as in
+    :func:`build_named_embedder`."""
     chosen = {cfg.tracker.name, *(s.tracker for s in cfg.streams if s.tracker)}
     if not any(tracker_uses_appearance(cfg.tracker, name) for name in chosen):
         return None
-    return build_named_embedder(cfg, cfg.tracker.embedder)
+    return build_named_embedder(cfg, cfg.tracker.embedder, device, torch_backend)
 
 
 def embedder_model(cfg: VigilConfig, name: str) -> Path | None:
@@ -115,41 +124,93 @@ def embed_min_confidence(cfg: VigilConfig) -> float:
     return min(floors, default=0.0)
 
 
-def build_named_embedder(cfg: VigilConfig, name: str) -> Embedder:
-    """Embedder ``name`` (see :func:`embedder_model`) at ``tracker.embedder_size``."""
+def build_named_embedder(
+    cfg: VigilConfig, name: str, device: str = "cpu", torch_backend: bool = False
+) -> Embedder:
+    """Embedder ``name`` (see :func:`embedder_model`) at ``tracker.embedder_size``.
+
+    The bundled ``mobilenet`` runs in torch on ``device`` when the detector is a torch/TensorRT
+    backend (``torch_backend``); imported re-id models (their own preprocessing) and crop sizes
+    other than the model's own run in ONNX Runtime on the CPU."""
     model = embedder_model(cfg, name)
+    if name == "mobilenet" and torch_backend and not cfg.tracker.embedder_size and model:
+        from models.reid_torch import TorchEmbedder
+
+        return TorchEmbedder(model, device, name)
     return create_embedder(name, model, cfg.model.threads, cfg.tracker.embedder_size)
 
 
+def build_detector(cfg: VigilConfig, resolved: ResolvedModel | None = None) -> Detector:
+    """The detector ``model.*`` asks for (``auto`` resolved here)."""
+    m = cfg.model
+    resolved = resolved or resolve_model(m)
+    spec = DetectorSpec(
+        resolved.onnx,
+        resolved.manifest_path,
+        m.backend,
+        m.threads,
+        max(cfg.batch.max_batch, cfg.live.max_batch),
+        m.cuda_graphs,
+        resolve_path(m.engine_cache),
+    )
+    return create_detector(spec)
+
+
+def build_preprocessor(cfg: VigilConfig, detector: Detector) -> Preprocessor:
+    """numpy/OpenCV, or DALI (on the detector's GPU when it takes device input)."""
+    max_batch = max(cfg.batch.max_batch, cfg.live.max_batch)
+    if cfg.model.preprocess == "dali":
+        from pipeline.preprocess_dali import DaliPreprocessor
+
+        device_id = 0 if detector.accepts_device else None
+        fp16 = detector.input_dtype == "float16" and device_id is not None
+        return DaliPreprocessor(detector.input_size, max_batch, device_id, fp16, cfg.model.threads)
+    return CpuPreprocessor(detector.input_size, max_batch)
+
+
+def build_decode(source: SourceConfig) -> DecodePlan:
+    """Which FFmpeg decodes, and how (NVDEC or CPU threads), for every source of ``source``."""
+    return resolve_decode(source.ffmpeg, source.decode, source.decode_threads)
+
+
 def build_engine(cfg: VigilConfig, appearance: bool | None = None) -> Engine:
-    """Detector + embedder for ``cfg``, with the model's identity for summaries and /readyz.
+    """Detector + preprocessor + embedder for ``cfg``, with the model's identity for summaries
+    and /readyz.
     ``appearance=False`` builds no embedder whatever the trackers need (the tuner embeds
     separately, once per embedder)."""
     m = cfg.model
     resolved = resolve_model(m)
-    detector = create_detector(resolved.onnx, m.backend, m.threads)
+    detector = build_detector(cfg, resolved)
     nc = detector.num_outputs - 5
     manifest = resolved.manifest
     names = list(manifest.class_names) if manifest else (list(COCO_NAMES) if nc == 80 else [])
     names = names or [f"class{i}" for i in range(nc)]
+    precision = detector.precision
+    if precision == "as-file":  # an ONNX runtime runs the ONNX at model.precision
+        precision = m.precision if manifest else "as-file"
     info = ModelInfo(
         name=manifest.name if manifest else resolved.onnx.stem,
         version=manifest.version if manifest else "unversioned",
-        precision=m.precision if manifest else "as-file",
+        precision=precision,
         backend=detector.backend,
-        file=resolved.onnx.name,
-        sha256=sha256_file(resolved.onnx),
+        file=detector.model_file.name,
+        sha256=sha256_file(detector.model_file),
         input_size=detector.input_size,
         class_names=tuple(names),
+        device="cuda" if detector.accepts_device else "cpu",
+        preprocess=m.preprocess,
     )
+    preprocessor = build_preprocessor(cfg, detector)
+    torch_backend = detector.backend in ("torch", "torch-cuda", "tensorrt")
     return Engine(
         detector,
         info,
         class_filter(names, m.classes),
-        build_embedder(cfg) if appearance is not False else None,
+        build_embedder(cfg, info.device, torch_backend) if appearance is not False else None,
         m.conf_threshold,
         m.iou_threshold,
         m.max_det,
         cfg.batch.max_batch,
         embed_min_confidence(cfg),
+        preprocessor,
     )

@@ -25,6 +25,7 @@ from pipeline.live import LivePipeline, build_engine_low_priority
 from pipeline.live_source import LiveStream
 from pipeline.live_step import Published
 from pipeline.types import VigilError
+from pipeline.wiring import build_decode
 from server.auth import ApiKeys, RateLimiter, digest
 from server.hub import Hub
 from server.metrics import Metrics
@@ -76,11 +77,15 @@ class _Runtime:
         cfg = self.cfg
         engine = await self.loop.run_in_executor(None, build_engine_low_priority, cfg)
         m = engine.info
+        decode = build_decode(cfg.source)
         self.model = {"name": m.name, "version": m.version, "precision": m.precision,
-                      "backend": m.backend, "file": m.file, "sha256": m.sha256}  # fmt: skip
+                      "backend": m.backend, "file": m.file, "sha256": m.sha256,
+                      "device": m.device, "preprocess": m.preprocess,
+                      "decode": decode.path}  # fmt: skip
         self.metrics.model.info(self.model)
-        print(f"model {m.name} {m.version} ({m.precision}, {m.backend}, {m.file}, "
-              f"sha256 {m.sha256[:12]})", flush=True)  # fmt: skip
+        print(f"model {m.name} {m.version} ({m.precision}, {m.backend} on {m.device}, {m.file}, "
+              f"sha256 {m.sha256[:12]}); preprocess {m.preprocess}; decode {decode.path} "
+              f"({decode.reason})", flush=True)  # fmt: skip
         self.hub = Hub(
             cfg.server.ws_queue,
             engine.info.class_names,

@@ -163,6 +163,9 @@ def test_websocket_subscribe_snapshot_malformed_and_metrics(shared_server: Serve
     assert info and 'name="yolov5n"' in info[0] and 'precision="int8"' in info[0]
     ready = srv.request("GET", "/readyz")[1]
     assert ready["model"]["name"] == "yolov5n" and len(ready["model"]["sha256"]) == 64
+    # the chosen backend, where it runs, the preprocessing and the decode path
+    assert ready["model"]["backend"] == "onnxruntime" and ready["model"]["device"] == "cpu"
+    assert ready["model"]["preprocess"] == "numpy" and ready["model"]["decode"] == "cpu"
 
 
 def _lost_total(srv: Server) -> float:

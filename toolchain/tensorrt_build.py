@@ -11,7 +11,9 @@ anywhere).
   calibration images' digest) so a rebuild skips calibration.
 - A timing cache (``timing.cache``) is loaded and saved across builds.
 - The engine cache: ``<cache>/<model>-<key>.engine`` with ``key`` = sha256 of GPU name, compute
-  capability, TensorRT version, model sha256, precision, max batch and input size. An engine that
+  capability, TensorRT version, model sha256, precision, max batch and input size
+  (``models.tensorrt_runner.EngineKey``), and the key itself beside it as ``<same name>.json``
+  so the runner (``--backend tensorrt``) finds the engine for its model and GPU. An engine that
   exists for the key is reused; a new one is written to a temporary name, then renamed.
 
 Verified here (no GPU, no TensorRT on the development machines): everything up to the
@@ -21,39 +23,18 @@ below follows the TensorRT 10 Python API and has not been run.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.manifest import atomic_write_bytes, sha256_file
+from models.tensorrt_runner import EngineKey, engine_path, sidecar_bytes, sidecar_path
 from pipeline.types import VigilError
 from toolchain.trt_prep import prepare, profile_shapes
 
 PRECISIONS = ("fp16", "int8")
-
-
-@dataclass(frozen=True)
-class EngineKey:
-    gpu: str
-    compute_capability: str
-    tensorrt: str
-    model_sha256: str
-    precision: str
-    max_batch: int
-    imgsz: int
-
-    def digest(self) -> str:
-        text = json.dumps(self.__dict__, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def engine_path(cache: Path, model_name: str, key: EngineKey) -> Path:
-    return cache / f"{model_name}-{key.precision}-b{key.max_batch}-{key.digest()}.engine"
 
 
 def _import_tensorrt() -> Any:
@@ -215,6 +196,8 @@ def build_engine(
         )
         out = engine_path(cache, model_name, key)
         if out.is_file():
+            if not sidecar_path(out).is_file():
+                atomic_write_bytes(sidecar_path(out), sidecar_bytes(key))
             return out, False
         onnx_bytes = prepared.read_bytes()
         serialized = _serialize(
@@ -230,6 +213,7 @@ def build_engine(
             workspace_gib,
         )
         atomic_write_bytes(out, serialized)
+        atomic_write_bytes(sidecar_path(out), sidecar_bytes(key))
         return out, True
     finally:
         prepared.unlink(missing_ok=True)
