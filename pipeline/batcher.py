@@ -23,33 +23,60 @@ from pipeline.types import Frame
 
 
 class LatestSlot:
-    """Holds at most one frame. Thread-safe; ``put`` never blocks."""
+    """Holds at most one frame. Thread-safe; ``put`` never blocks.
+
+    ``ready_since`` is when the slot last went from empty to holding a frame: a replacement
+    keeps it, so a stream that decodes far faster than it is inferred still reaches the
+    batcher's ``max_wait_ms`` deadline (measured on the newest frame's arrival, a fast stream's
+    deadline would move forward with every replacement and never come). The consumer's
+    condition is notified only on that empty -> full edge, not on every replacement.
+    """
 
     def __init__(self, on_put: threading.Condition | None = None) -> None:
         self._frame: Frame | None = None
+        self._ready_since: float | None = None
         self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)
         self._notify = on_put
         self.dropped = 0
         self.accepted = 0
 
     def put(self, frame: Frame) -> None:
         with self._lock:
-            if self._frame is not None:
+            edge = self._frame is None
+            if edge:
+                self._ready_since = frame.arrival
+            else:
                 self.dropped += 1
             self._frame = frame
             self.accepted += 1
-        if self._notify is not None:
+        if edge and self._notify is not None:
             with self._notify:
                 self._notify.notify()
+
+    def put_when_free(self, frame: Frame, stop: threading.Event, poll_s: float = 0.1) -> bool:
+        """Wait until the slot is empty, then put (backpressure for sources that need not keep
+        up with a clock, e.g. a file read as fast as it is inferred). False if ``stop`` was set
+        first; the wait wakes at least every ``poll_s`` to check it."""
+        with self._lock:
+            while self._frame is not None:
+                if stop.is_set():
+                    return False
+                self._taken.wait(poll_s)
+        self.put(frame)
+        return True
 
     def take(self) -> Frame | None:
         with self._lock:
             frame, self._frame = self._frame, None
+            self._ready_since = None
+            self._taken.notify_all()
             return frame
 
-    def peek_arrival(self) -> float | None:
+    def ready_since(self) -> float | None:
+        """The arrival time of the frame that made the slot non-empty; None when empty."""
         with self._lock:
-            return None if self._frame is None else self._frame.arrival
+            return self._ready_since
 
     @property
     def depth(self) -> int:

@@ -18,13 +18,51 @@ def _frame(i: int, t: float, sid: str = "s") -> Frame:
 def test_latest_slot_keeps_newest_and_counts_drops() -> None:
     cond = threading.Condition()
     slot = LatestSlot(cond)
-    assert slot.take() is None and slot.peek_arrival() is None and slot.depth == 0
+    assert slot.take() is None and slot.ready_since() is None and slot.depth == 0
     for i in range(5):
         slot.put(_frame(i, float(i)))
     assert slot.depth == 1 and slot.dropped == 4 and slot.accepted == 5
     f = slot.take()
     assert f is not None and f.index == 4
     assert slot.take() is None
+
+
+def test_a_fast_stream_keeps_its_place_in_the_batch_deadline() -> None:
+    """A stream that replaces its frame every 2 ms must still come due: readiness is when the
+    slot filled, not the arrival of the frame it holds now (that was the starvation bug)."""
+    cond = threading.Condition()
+    slot = LatestSlot(cond)
+    batcher = CrossStreamBatcher(max_batch=8, max_wait_ms=15)
+    notified = []
+    real = cond.notify
+    cond.notify = lambda n=1: (notified.append(1), real(n))  # type: ignore[method-assign]
+    for i in range(20):
+        t = 100.0 + i * 0.002
+        slot.put(_frame(i, t))
+        assert slot.ready_since() == 100.0  # the frame that filled the slot
+        decision = batcher.decide(1, slot.ready_since(), now=t)
+    assert decision.emit  # 38 ms after the slot filled: due, however often it was replaced
+    assert len(notified) == 1  # the consumer is woken on the empty -> full edge only
+    assert slot.take() is not None and slot.ready_since() is None
+
+
+def test_put_when_free_waits_for_the_consumer_and_honours_stop() -> None:
+    slot = LatestSlot()
+    stop = threading.Event()
+    assert slot.put_when_free(_frame(0, 0.0), stop)
+    done: list[bool] = []
+    t = threading.Thread(target=lambda: done.append(slot.put_when_free(_frame(1, 1.0), stop)))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and slot.dropped == 0  # waits instead of replacing
+    first = slot.take()
+    t.join(5)
+    assert done == [True] and first is not None and first.index == 0
+    second = slot.take()
+    assert second is not None and second.index == 1 and slot.dropped == 0
+    slot.put(_frame(2, 2.0))
+    stop.set()
+    assert not slot.put_when_free(_frame(3, 3.0), stop)  # stopped while full: gives up
 
 
 def test_latest_slot_memory_is_one_frame_over_thousands() -> None:
