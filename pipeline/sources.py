@@ -63,7 +63,10 @@ def _cause(line: str, secrets: list[str]) -> str:
 
 
 def _concat_script(url: str, options: dict[str, str]) -> bytes:
-    """A one-entry ffconcat script opening ``url`` with per-input ``options``."""
+    """A one-entry ffconcat script opening ``url`` with per-input ``options``. A line break in
+    ``url`` could add directives of its own: refused."""
+    if re.search(r"[\x00-\x1f\x7f]", url):
+        raise VigilError(f"url contains control characters: {redact(url)!r}")
     quoted = url.replace("'", "'\\''")
     lines = ["ffconcat version 1.0", f"file '{quoted}'"]
     lines += [f"option {k} {v}" for k, v in options.items()]

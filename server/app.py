@@ -26,6 +26,7 @@ from pipeline.live_step import Published, ThrottledLog
 from server.auth import ApiKeys, RateLimiter, digest
 from server.errors import install as install_errors
 from server.errors import responses
+from server.http_guard import BodyLimit
 from server.hub import Hub
 from server.metrics import Metrics
 from server.schema import Health, Ready, StreamStatus, rest_model
@@ -172,8 +173,8 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         title="Vigil",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=cfg.server.max_body_kb * 1024,
     )
+    app.add_middleware(BodyLimit, max_bytes=cfg.server.max_body_kb * 1024)
     app.state.runtime = rt
     install_errors(app, rt.log)
     auth_errors = (401, 403) if rt.keys.enabled else ()

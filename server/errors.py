@@ -52,6 +52,10 @@ def one_line(exc: RequestValidationError) -> str:
     if not errors:
         return "invalid request"
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        where = first.get("loc", ("body", "?"))[-1]
+        reason = (first.get("ctx") or {}).get("error", "JSON decode error")
+        return f"the body is not valid JSON ({reason} at character {where})"
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     where = ".".join(loc)
     msg = str(first.get("msg", "invalid")).splitlines()[0]

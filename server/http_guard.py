@@ -9,6 +9,10 @@ without end grows the server's memory. :func:`guarded_protocol` returns the same
   connection or from the request's first byte): past it the client gets 408 and is closed;
 - a cap on the request line plus headers (:data:`MAX_HEAD_BYTES`): past it 431 and closed.
 
+:class:`BodyLimit` (ASGI middleware) answers 413 in the one error shape when a request body is
+larger than ``server.max_body_kb``: at once from ``Content-Length``, or as soon as the bytes
+read pass the limit (chunked bodies), so no handler ever parses a large body on the loop.
+
 :class:`ThrottledLogFilter` keeps uvicorn's own log lines about bad clients ("Invalid HTTP
 request received." ...) to one per message per 10 s, without tracebacks for client faults.
 """
@@ -16,10 +20,12 @@ request received." ...) to one per message per 10 s, without tracebacks for clie
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -70,18 +76,17 @@ def guarded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
                 return False
             return True
 
+        def data_received(self, data: bytes) -> None:
+            # Bytes that arrive while a request's head is incomplete count against the cap
+            # (the parser buffers a header until the next one starts, so count them here).
+            if self._deadline is not None and not self._count(len(data)):
+                return
+            super().data_received(data)
+
         def on_message_begin(self) -> None:
             if self._deadline is None:  # a new request on a kept-alive connection
                 self._arm()
             super().on_message_begin()
-
-        def on_url(self, url: bytes) -> None:
-            if self._count(len(url)):
-                super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            if self._count(len(name) + len(value) + 4):
-                super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._disarm()
@@ -116,3 +121,61 @@ class ThrottledLogFilter(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse HTTP request bodies over ``max_bytes`` with 413 ``{"detail": ...}``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Send) -> None:
+        kib = self.max_bytes // 1024
+        body = json.dumps(
+            {"detail": f"the request body is larger than {kib} KiB (server.max_body_kb)"}
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(send)
+                    return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracked)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)

@@ -21,8 +21,9 @@ Client protocol (JSON text frames)::
 
 ``last_seq`` is the last ``seq`` a client saw per stream; it gets the snapshot of every stream
 whose latest ``seq`` differs (lower: it missed messages; higher: the server restarted and its
-counters began again). Lists are capped (``max_list`` stream ids and ``last_seq`` entries, one
-entry per known class): a subscription never costs more than the streams that can exist.
+counters began again). Lists are capped (``max_list`` stream ids, ``last_seq`` entries and
+classes, or twice the known classes): a subscription never costs more than the streams that
+can exist.
 """
 
 from __future__ import annotations
@@ -171,8 +172,8 @@ class Hub:
             return _error(f'"streams" lists more than {n} ids'), []
         if classes is not None and not isinstance(classes, list):
             return _error('"classes" must be a list of class names or ids'), []
-        if classes is not None and len(classes) > len(self.class_names):
-            return _error(f'"classes" lists more than the {len(self.class_names)} classes'), []
+        if classes is not None and len(classes) > max(n, 2 * len(self.class_names)):
+            return _error(f'"classes" lists more than {max(n, 2 * len(self.class_names))}'), []
         if not isinstance(last_seq, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in last_seq.values()
         ):
