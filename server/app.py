@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security, WebSocket
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel
 
 from pipeline.config import StreamConfig, VigilConfig, parse_stream
@@ -178,6 +179,14 @@ def create_app(cfg: VigilConfig) -> FastAPI:
     app.state.runtime = rt
     install_errors(app, rt.log)
     auth_errors = (401, 403) if rt.keys.enabled else ()
+    # Documents the key (X-API-Key, or Authorization: Bearer) where one is required; the
+    # check itself is `authorize`, which also takes ?token= on the WebSocket.
+    security = (
+        [Security(APIKeyHeader(name="X-API-Key", auto_error=False)),
+         Security(HTTPBearer(auto_error=False))]
+        if rt.keys.enabled
+        else []
+    )  # fmt: skip
     read_errors = auth_errors if cfg.auth.protect_reads else ()
 
     def authorize(request: Request) -> bytes | str:
@@ -198,6 +207,9 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         who = authorize(request)
         if not rt.limiter.allow(who):
             raise HTTPException(429, "too many changes; slow down")
+
+    read_deps = [*(security if cfg.auth.protect_reads else []), Depends(read_access)]
+    mutation_deps = [*security, Depends(mutation)]
 
     def pipeline() -> LivePipeline:
         if rt.pipeline is None:
@@ -241,7 +253,7 @@ def create_app(cfg: VigilConfig) -> FastAPI:
 
     @app.get(
         "/api/streams",
-        dependencies=[Depends(read_access)],
+        dependencies=read_deps,
         response_model=list[StreamStatus],
         responses=responses(*read_errors, 503),
     )
@@ -251,9 +263,9 @@ def create_app(cfg: VigilConfig) -> FastAPI:
 
     @app.get(
         "/api/streams/{stream_id}",
-        dependencies=[Depends(read_access)],
+        dependencies=read_deps,
         response_model=StreamStatus,
-        responses=responses(*read_errors, 404, 503),
+        responses=responses(*read_errors, 404, 422, 503),
     )
     async def get_stream(stream_id: str) -> dict[str, Any]:
         p = pipeline()
@@ -265,7 +277,7 @@ def create_app(cfg: VigilConfig) -> FastAPI:
     @app.post(
         "/api/streams",
         status_code=201,
-        dependencies=[Depends(mutation)],
+        dependencies=mutation_deps,
         response_model=StreamStatus,
         responses=responses(400, *auth_errors, 409, 413, 422, 429, 503),
     )
@@ -279,9 +291,9 @@ def create_app(cfg: VigilConfig) -> FastAPI:
     @app.delete(
         "/api/streams/{stream_id}",
         status_code=204,
-        dependencies=[Depends(mutation)],
+        dependencies=mutation_deps,
         response_class=Response,
-        responses=responses(*auth_errors, 404, 429, 503),
+        responses=responses(*auth_errors, 404, 422, 429, 503),
     )
     async def remove_stream(stream_id: str) -> Response:
         p = pipeline()

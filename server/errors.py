@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -64,6 +65,14 @@ def one_line(exc: RequestValidationError) -> str:
     return (text + (f" (and {more} more)" if more else ""))[:500]
 
 
+def _methods(app: FastAPI, path: str) -> list[str]:
+    found: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            found |= route.methods or set()
+    return sorted(found)
+
+
 def install(app: FastAPI, log: ThrottledLog) -> None:
     """Route every error through :class:`ErrorBody`."""
 
@@ -71,10 +80,12 @@ def install(app: FastAPI, log: ThrottledLog) -> None:
         return JSONResponse({"detail": detail.splitlines()[0] if detail else ""}, status)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         response = body(exc.status_code, str(exc.detail))
         for k, v in (exc.headers or {}).items():
             response.headers[k] = v
+        if exc.status_code == 405:  # every method of the path, not just its first route's
+            response.headers["Allow"] = ", ".join(_methods(app, request.url.path))
         return response
 
     @app.exception_handler(RequestValidationError)

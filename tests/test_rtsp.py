@@ -32,14 +32,14 @@ pytestmark = pytest.mark.skipif(
 
 
 class RtspServer:
-    def __init__(self, port: int, clip: Path) -> None:
-        self.port, self.clip = port, clip
+    def __init__(self, port: int, clip: Path, auth: str = "") -> None:
+        self.port, self.clip, self.auth = port, clip, auth
         self.rtp_base = random.randrange(20000, 40000, 2)
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> str:
         self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, str(SCRIPT), "--port", str(self.port),
+            [SYSTEM_PYTHON, str(SCRIPT), "--port", str(self.port), "--auth", self.auth,
              "--rtp-base", str(self.rtp_base), f"cam={self.clip}"],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -58,9 +58,25 @@ class RtspServer:
 def rtsp(tmp_path: Path) -> Iterator[RtspServer]:
     clip = tmp_path / "people.mp4"
     shutil.copy(SAMPLE_CLIP, clip)
-    server = RtspServer(free_port(), clip)
+    server = RtspServer(free_port(), clip, auth="viewer:hunter2")
     yield server
     server.kill()
+
+
+def _cmdlines_of_tree(pid: int) -> list[str]:
+    """The command line of ``pid`` and of every process below it, as ``ps`` shows them."""
+    out = subprocess.run(
+        ["ps", "-ww", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True
+    )
+    rows = [line.split(None, 2) for line in out.stdout.splitlines() if line.strip()]
+    tree, found = {pid}, True
+    while found:
+        found = False
+        for row in rows:
+            if len(row) == 3 and int(row[1]) in tree and int(row[0]) not in tree:
+                tree.add(int(row[0]))
+                found = True
+    return [row[2] for row in rows if len(row) == 3 and int(row[0]) in tree]
 
 
 def test_rtsp_server_killed_and_restarted(rtsp: RtspServer, tmp_path: Path) -> None:
@@ -74,14 +90,28 @@ def test_rtsp_server_killed_and_restarted(rtsp: RtspServer, tmp_path: Path) -> N
         "source": {"timeout_s": 3.0},
         "tracker": {"embedder": "histogram"},
         "streams": [
-            {"id": "cam", "url": f"rtsp://viewer:hunter2@127.0.0.1:{rtsp.port}/cam", "fps": 10},
+            {"id": "cam", "url": f"rtsp://viewer:hunter2@127.0.0.1:{rtsp.port}/cam?token=s3kr1t&ch=1",
+             "fps": 10},
             {"id": "local", "url": "local.mp4", "fps": 10},
         ],
-    }
+    }  # fmt: skip
     with serve(cfg, tmp_path) as srv:
+        # The camera wants its password (RTSP basic auth): FFmpeg got it, yet no command line
+        # on the machine shows it, and neither does the API.
         cam = srv.wait_state("cam", "live", timeout=40)
-        assert cam["width"] == 768 and "hunter2" not in str(cam)
+        assert cam["width"] == 768 and "hunter2" not in str(cam) and "s3kr1t" not in str(cam)
+        assert cam["url"] == f"rtsp://***@127.0.0.1:{rtsp.port}/cam?token=***&ch=***"
+        lines = _cmdlines_of_tree(srv.proc.pid)
+        assert any("ffmpeg" in line and "pipe:0" in line for line in lines), lines
+        assert not [line for line in lines if "hunter2" in line or "s3kr1t" in line]
         srv.wait_state("local", "live")
+        wrong = {"id": "wrong", "url": f"rtsp://viewer:letmein@127.0.0.1:{rtsp.port}/cam"}
+        assert srv.request("POST", "/api/streams", wrong)[0] == 201
+        refused = wait_until(
+            lambda: (w := srv.stream("wrong"))["last_error"] and w, 40, "wrong password refused"
+        )
+        assert "401 Unauthorized" in refused["last_error"] and "letmein" not in str(refused)
+        assert srv.request("DELETE", "/api/streams/wrong")[0] == 204
         rtsp.kill()
 
         # The camera notices it is down; meanwhile the other stream keeps going.
@@ -97,12 +127,17 @@ def test_rtsp_server_killed_and_restarted(rtsp: RtspServer, tmp_path: Path) -> N
             30,
             "the local stream advances 30 frames while the camera is down",
         )
-        cam = srv.stream("cam")
+        cam = wait_until(
+            lambda: (c := srv.stream("cam"))["last_error"] and "refused" in c["last_error"] and c,
+            30,
+            "the refused connection is the reported cause",
+        )
         assert cam["state"] != "live" and "hunter2" not in str(cam)
 
         rtsp.start()
         back = srv.wait_state("cam", "live", timeout=60)
         assert back["reconnects"] >= 1
+        assert back["last_error"] is None  # the trouble is over: no stale cause
         before = back["frames_inferred"]
         wait_until(
             lambda: srv.stream("cam")["frames_inferred"] > before, 30, "the camera delivers again"
