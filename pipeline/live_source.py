@@ -226,7 +226,10 @@ class LiveStream:
             self._last_progress = time.monotonic()
             error = ""
             try:
-                src = self._open()
+                src = self._open()  # the probe: bounded by its own timeout
+                # The watchdog's clock starts when FFmpeg starts, not before the probe: on a
+                # busy machine probe + open could otherwise outlast the grace every time.
+                self._last_progress = time.monotonic()
                 with self._source_lock:
                     self._source = src
                 if self._stop.is_set():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.faults import TcpRelay, resolution_changing_clip
 from benchmarks.serving import free_port, serve
 from tests.factories import SAMPLE_CLIP, wait_until
 
@@ -32,15 +33,16 @@ pytestmark = pytest.mark.skipif(
 
 
 class RtspServer:
-    def __init__(self, port: int, clip: Path, auth: str = "") -> None:
-        self.port, self.clip, self.auth = port, clip, auth
+    def __init__(self, port: int, clip: Path, auth: str = "", **more: Path) -> None:
+        self.port, self.clip, self.auth, self.more = port, clip, auth, more
         self.rtp_base = random.randrange(20000, 40000, 2)
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> str:
         self.proc = subprocess.Popen(
             [SYSTEM_PYTHON, str(SCRIPT), "--port", str(self.port), "--auth", self.auth,
-             "--rtp-base", str(self.rtp_base), f"cam={self.clip}"],
+             "--rtp-base", str(self.rtp_base), f"cam={self.clip}",
+             *(f"{name}={path}" for name, path in self.more.items())],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None
@@ -144,3 +146,74 @@ def test_rtsp_server_killed_and_restarted(rtsp: RtspServer, tmp_path: Path) -> N
         )
         metrics = srv.request("GET", "/metrics")[1]
         assert "hunter2" not in metrics and 'vigil_stream_reconnects_total{stream="cam"}' in metrics
+
+
+def test_a_flaky_network_and_a_camera_that_changes_resolution(tmp_path: Path) -> None:
+    """The camera's RTSP connection runs through a relay that delays, freezes and resets it;
+    a second camera changes its picture size every 2 s; a local file runs beside them."""
+    clip = tmp_path / "people.mp4"
+    shutil.copy(SAMPLE_CLIP, clip)
+    changing = resolution_changing_clip(tmp_path)
+    rtsp = RtspServer(free_port(), clip, res=changing)
+    rtsp.start()
+    relay = TcpRelay(rtsp.port).start()
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.copy(SAMPLE_CLIP, media / "local.mp4")
+    cfg = {
+        "server": {"media_root": str(media), "drain_timeout_s": 3.0},
+        "live": {"stall_timeout_s": 2.0, "backoff_initial_s": 0.2, "backoff_max_s": 1.0},
+        "source": {"timeout_s": 3.0},
+        "tracker": {"embedder": "histogram"},
+        "streams": [
+            {"id": "cam", "url": f"rtsp://127.0.0.1:{relay.port}/cam", "fps": 10},
+            {"id": "res", "url": f"rtsp://127.0.0.1:{rtsp.port}/res", "fps": 10},
+            {"id": "local", "url": "local.mp4", "fps": 10},
+        ],
+    }
+    try:
+        with serve(cfg, tmp_path) as srv:
+            for sid in ("cam", "res", "local"):
+                srv.wait_state(sid, "live", timeout=60)
+
+            def advances(sid: str, n: int, timeout: float = 30) -> None:
+                start = srv.stream(sid)["frames_inferred"]
+                wait_until(
+                    lambda: srv.stream(sid)["frames_inferred"] >= start + n,
+                    timeout,
+                    f"{sid} advances {n} frames",
+                )
+
+            relay.delay_s = 0.2  # latency: still live, still delivering
+            advances("cam", 20)
+            assert srv.stream("cam")["state"] == "live"
+            relay.delay_s = 0.0
+
+            reconnects = srv.stream("cam")["reconnects"]
+            relay.stall()  # the network freezes: the watchdog notices, the others go on
+            wait_until(lambda: srv.stream("cam")["state"] != "live", 30, "cam seen as stalled")
+            advances("local", 20)
+            relay.resume()
+            back = srv.wait_state("cam", "live", timeout=60)
+            assert back["reconnects"] > reconnects and back["last_error"] is None
+
+            relay.drop()  # connections reset: back by itself
+            wait_until(
+                lambda: srv.stream("cam")["reconnects"] > back["reconnects"], 30, "cam reconnects"
+            )
+            srv.wait_state("cam", "live", timeout=60)
+            advances("cam", 10)
+
+            # 10 fps, a new size every 2 s: many changes went by; frames still come whole
+            advances("res", 60, timeout=60)
+            res = srv.stream("res")
+            assert res["state"] == "live" and (res["width"], res["height"]) in (
+                (320, 240),
+                (640, 360),
+            )
+            advances("local", 10)
+            out = srv.request("GET", "/metrics")[1]
+            assert 'vigil_stream_state{state="live",stream="local"} 1.0' in out
+    finally:
+        relay.stop()
+        rtsp.kill()
