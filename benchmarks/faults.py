@@ -19,11 +19,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import struct
 import subprocess
 import threading
 from pathlib import Path
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SCRIPT = Path(__file__).resolve().parent / "rtsp_server.py"
+
+
+def gst_available() -> bool:
+    """True if Debian's GStreamer RTSP server and its Python bindings are installed."""
+    if not Path(SYSTEM_PYTHON).exists():
+        return False
+    probe = [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+class RtspServer:
+    """benchmarks/rtsp_server.py on a fixed loopback port, so it can be killed and started again
+    under the same URL: ``cam`` serves ``clip``, ``more`` adds mounts (name=clip)."""
+
+    def __init__(self, port: int, clip: Path, auth: str = "", **more: Path) -> None:
+        self.port, self.clip, self.auth, self.more = port, clip, auth, more
+        self.rtp_base = random.randrange(20000, 40000, 2)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> str:
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, str(RTSP_SCRIPT), "--port", str(self.port), "--auth", self.auth,
+             "--rtp-base", str(self.rtp_base), f"cam={self.clip}",
+             *(f"{name}={path}" for name, path in self.more.items())],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        url = self.proc.stdout.readline().strip()
+        assert url.startswith("rtsp://"), url
+        for _ in self.more:
+            self.proc.stdout.readline()
+        return url
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
 
 
 class TcpRelay:

@@ -29,6 +29,7 @@ from server.errors import install as install_errors
 from server.errors import responses
 from server.http_guard import BodyLimit
 from server.hub import Hub
+from server.memory import trim_periodically
 from server.metrics import Metrics
 from server.schema import Health, Ready, StreamStatus, rest_model
 from server.urls import check_stream_url
@@ -167,7 +168,11 @@ def create_app(cfg: VigilConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await rt.start()
+        trim = cfg.server.malloc_trim_interval_s
+        trimmer = asyncio.create_task(trim_periodically(trim)) if trim > 0 else None
         yield
+        if trimmer is not None:
+            trimmer.cancel()
         await rt.stop()
 
     app = FastAPI(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -10,50 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.faults import TcpRelay, resolution_changing_clip
+from benchmarks.faults import RtspServer, TcpRelay, gst_available, resolution_changing_clip
 from benchmarks.serving import free_port, serve
 from tests.factories import SAMPLE_CLIP, wait_until
 
-SYSTEM_PYTHON = "/usr/bin/python3"
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "rtsp_server.py"
-
-
-def _gst_available() -> bool:
-    if not Path(SYSTEM_PYTHON).exists():
-        return False
-    probe = [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
-
-
 pytestmark = pytest.mark.skipif(
-    not _gst_available(),
+    not gst_available(),
     reason="needs Debian's GStreamer RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0): "
     "`make install` installs it",
 )
-
-
-class RtspServer:
-    def __init__(self, port: int, clip: Path, auth: str = "", **more: Path) -> None:
-        self.port, self.clip, self.auth, self.more = port, clip, auth, more
-        self.rtp_base = random.randrange(20000, 40000, 2)
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> str:
-        self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, str(SCRIPT), "--port", str(self.port), "--auth", self.auth,
-             "--rtp-base", str(self.rtp_base), f"cam={self.clip}",
-             *(f"{name}={path}" for name, path in self.more.items())],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        url = self.proc.stdout.readline().strip()
-        assert url.startswith("rtsp://"), url
-        return url
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture
