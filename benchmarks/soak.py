@@ -265,30 +265,44 @@ def _filters(n: int, distinct: bool) -> list[list[str] | None]:
 
 
 async def _healthy(url: str, filters: list[list[str] | None], seconds: float) -> list[int]:
+    """Connect one client per filter (50 handshakes at a time), each reading from the moment it
+    is connected (a client that does not read stops answering pings and is dropped); count the
+    messages each receives during ``seconds`` once all are connected. -1: closed on us."""
     n = len(filters)
     counts = [0] * n
-    conns = []
-    for classes in filters:
-        ws = await websockets.connect(url, max_size=None, open_timeout=60)
+    connected = asyncio.Event()
+    gate = asyncio.Semaphore(50)
+    ready = 0
+
+    async def client(i: int) -> None:
+        nonlocal ready
+        async with gate:
+            # the server pings; a client that is busy reading should not fail its own pings
+            ws = await websockets.connect(url, max_size=None, open_timeout=120, ping_interval=None)
         sub: dict[str, Any] = {"op": "subscribe"}
-        if classes is not None:
-            sub["classes"] = classes
+        if filters[i] is not None:
+            sub["classes"] = filters[i]
         await ws.send(json.dumps(sub))
-        conns.append(ws)
+        ready += 1
+        if ready == n:
+            connected.set()
+        deadline = None
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), 1.0)
+                except TimeoutError:
+                    raw = ""
+                if deadline is None and connected.is_set():
+                    deadline = time.monotonic() + seconds
+                if deadline is not None and '"seq"' in raw:
+                    counts[i] += 1
+        except websockets.ConnectionClosed:
+            counts[i] = -1
+        finally:
+            await ws.close()
 
-    async def read(i: int) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                raw = await asyncio.wait_for(conns[i].recv(), 1.0)
-            except TimeoutError:
-                continue
-            if '"seq"' in raw:
-                counts[i] += 1
-
-    await asyncio.gather(*(read(i) for i in range(n)))
-    for ws in conns:
-        await ws.close()
+    await asyncio.gather(*(client(i) for i in range(n)))
     return counts
 
 
@@ -329,7 +343,9 @@ def _clients_once(
             s.close()
         time.sleep(max(trim_s, 5) + 5)
         after = proc_stats(srv.proc.pid)
-        rate = np.array(box["counts"]) / args.seconds
+        counts = np.array(box["counts"])
+        closed = int((counts < 0).sum())
+        rate = np.maximum(counts, 0) / args.seconds
         lost = srv.request("GET", "/metrics")[1]
         lost_total = next(
             (float(line.split()[-1]) for line in lost.splitlines()
@@ -344,6 +360,7 @@ def _clients_once(
         "rss_after_mb": after["rss_mb"],
         "fds_before": before["fds"],
         "fds_after": after["fds"],
+        "healthy_closed": closed,
         "healthy_msgs_per_s_min": round(float(rate.min()), 2),
         "healthy_msgs_per_s_median": round(float(np.median(rate)), 2),
         "messages_lost_to_stalled": lost_total,

@@ -175,11 +175,7 @@ def create_app(cfg: VigilConfig) -> FastAPI:
             trimmer.cancel()
         await rt.stop()
 
-    app = FastAPI(
-        title="Vigil",
-        version="0.1.0",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="Vigil", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=cfg.server.max_body_kb * 1024)
     app.state.runtime = rt
     install_errors(app, rt.log)
