@@ -68,8 +68,11 @@ clean:
 
 # Long reliability runs with figures (not part of `make test`): 100,000 frames with WebSocket
 # readers (RSS, threads, files sampled every 30 s), an RTSP camera restarted 20 times, 1,000
-# WebSocket clients with 10% stalled. JSON lands in runs/soak/.
+# WebSocket clients with 10% stalled, a client flooding 15 MB frames, unpaced files.
+# JSON lands in runs/soak/.
 soak: install
 	$(PY) -m benchmarks.soak clients --out runs/soak/clients.json
 	$(PY) -m benchmarks.soak restarts --out runs/soak/restarts.json
+	$(PY) -m benchmarks.soak flood --out runs/soak/flood.json
+	$(PY) -m benchmarks.soak unpaced --out runs/soak/unpaced.json
 	$(PY) -m benchmarks.soak frames --out runs/soak/frames.json

@@ -4,6 +4,8 @@ figures as one JSON line (and writes them to ``--out``) and exits 1 if a promise
     python -m benchmarks.soak frames   [--frames 100000] [--streams 4] [--readers 4]
     python -m benchmarks.soak restarts [--times 20] [--outage 3]
     python -m benchmarks.soak clients  [--clients 1000] [--stalled 0.1] [--seconds 60]
+    python -m benchmarks.soak flood    [--size 15000000] [--readers 20] [--seconds 30]
+    python -m benchmarks.soak unpaced  [--streams 3] [--compare ../main]
 
 - ``frames``: looped files inferred as fast as the machine allows, ``--readers`` WebSocket
   clients reading every message, the server's RSS, threads and open files sampled every
@@ -17,6 +19,10 @@ figures as one JSON line (and writes them to ``--out``) and exits 1 if a promise
   second of the healthy ones, the server's RSS before, during and after (with the periodic
   ``malloc_trim`` off and on: is memory that stays after a load held, or only kept by the
   allocator?).
+- ``flood``: one client sending ``--size``-byte frames in a loop (reconnecting whenever it is
+  closed) while ``--readers`` clients measure their latency: before, during and after.
+- ``unpaced``: files read as fast as possible; frames inferred per stream and second (with
+  ``--compare CHECKOUT``, that checkout's server too, interleaved round by round).
 """
 
 from __future__ import annotations
@@ -332,13 +338,16 @@ def _clients_once(
 
         t = threading.Thread(target=load)
         cpu0, wall0 = _cpu_seconds(srv.proc.pid), time.monotonic()
+        inferred0 = _inferred(srv)
         t.start()
         peak = before
         while t.is_alive():
             t.join(5)
             now = proc_stats(srv.proc.pid)
             peak = now if now["rss_mb"] > peak["rss_mb"] else peak
-        cpu = (_cpu_seconds(srv.proc.pid) - cpu0) / (time.monotonic() - wall0)
+        wall = time.monotonic() - wall0
+        cpu = (_cpu_seconds(srv.proc.pid) - cpu0) / wall
+        published = (_inferred(srv) - inferred0) / wall  # messages/s each client should get
         for s in stalled:
             s.close()
         time.sleep(max(trim_s, 5) + 5)
@@ -360,6 +369,7 @@ def _clients_once(
         "rss_after_mb": after["rss_mb"],
         "fds_before": before["fds"],
         "fds_after": after["fds"],
+        "published_msgs_per_s": round(published, 2),
         "healthy_closed": closed,
         "healthy_msgs_per_s_min": round(float(rate.min()), 2),
         "healthy_msgs_per_s_median": round(float(np.median(rate)), 2),
@@ -374,9 +384,120 @@ def run_clients(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         runs.append(_clients_once(args, tmp, trim_s, distinct))
         print(json.dumps(runs[-1]), flush=True)
     result = {"case": "clients", "clients": args.clients, "stalled": args.stalled, "runs": runs}
-    # one stream at 10 fps: a healthy client should see about 10 messages/s
-    result["ok"] = all(r["healthy_msgs_per_s_min"] >= 8 for r in runs)
+    # every healthy client gets (nearly) every message published while it reads
+    result["ok"] = all(
+        r["healthy_closed"] == 0 and r["healthy_msgs_per_s_min"] >= 0.9 * r["published_msgs_per_s"]
+        for r in runs
+    )
     return result
+
+
+async def _latencies(url: str, readers: int, seconds: float) -> list[float]:
+    """Receive time minus each message's arrival stamp ``ts`` (ms), over ``readers`` clients."""
+    out: list[float] = []
+
+    async def one() -> None:
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"op": "subscribe"}))
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                except TimeoutError:
+                    continue
+                if "ts" in msg:
+                    out.append((time.time() - msg["ts"]) * 1000)
+
+    await asyncio.gather(*(one() for _ in range(readers)))
+    return out
+
+
+def _flooder(url: str, stop: threading.Event, size: int) -> int:
+    """Send ``size``-byte text frames in a loop, reconnecting whenever closed; frames sent."""
+    sent = 0
+
+    async def run() -> None:
+        nonlocal sent
+        blob = "x" * size
+        while not stop.is_set():
+            try:
+                async with websockets.connect(url, max_size=None, open_timeout=10) as ws:
+                    while not stop.is_set():
+                        await ws.send(blob)
+                        sent += 1
+            except (OSError, websockets.WebSocketException, TimeoutError):
+                await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    return sent
+
+
+def run_flood(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    shutil.copy(SAMPLE, tmp / "people.mp4")
+    cfg = _base_config(tmp)
+    cfg["streams"] = [{"id": f"s{i}", "url": "people.mp4", "fps": 10} for i in range(2)]
+    phases: dict[str, Any] = {}
+    with serve(cfg, tmp) as srv:
+        for s in cfg["streams"]:
+            srv.wait_state(s["id"], "live")
+        for phase in ("quiet", "flooded", "quiet again"):
+            stop = threading.Event()
+            box: dict[str, int] = {}
+            flood = threading.Thread(
+                target=lambda b=box, e=stop: b.__setitem__("sent", _flooder(srv.ws, e, args.size))
+            )
+            if phase == "flooded":
+                flood.start()
+            lat = np.array(asyncio.run(_latencies(srv.ws, args.readers, args.seconds)))
+            stop.set()
+            if phase == "flooded":
+                flood.join(30)
+            phases[phase] = {
+                "messages": int(lat.size),
+                "p50_ms": round(float(np.percentile(lat, 50)), 1),
+                "p99_ms": round(float(np.percentile(lat, 99)), 1),
+                "flood_frames_sent": box.get("sent", 0),
+            }
+            print(json.dumps({phase: phases[phase]}), flush=True)
+    result = {"case": "flood", "size": args.size, "readers": args.readers, "phases": phases}
+    result["ok"] = phases["flooded"]["p99_ms"] < 3 * max(phases["quiet"]["p99_ms"], 100.0)
+    return result
+
+
+def run_unpaced(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Streams read as fast as possible (``realtime: false``, ``fps: 0``): frames inferred per
+    stream and second, for this checkout and (``--compare``) another one, interleaved."""
+    shutil.copy(SAMPLE, tmp / "people.mp4")
+    cfg = _base_config(tmp)
+    cfg["streams"] = [
+        {"id": f"u{i}", "url": "people.mp4", "fps": 0, "realtime": False, "loop": True}
+        for i in range(args.streams)
+    ]
+    repos = {"this": REPO, **({"compare": args.compare} if args.compare else {})}
+    runs: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        for name, repo in repos.items():
+            with serve(cfg, tmp, repo=repo) as srv:
+                time.sleep(args.warmup_s)
+                before = {s["id"]: s for s in srv.request("GET", "/api/streams")[1]}
+                time.sleep(args.seconds)
+                after = {s["id"]: s for s in srv.request("GET", "/api/streams")[1]}
+            per = {
+                k: round(
+                    (after[k]["frames_inferred"] - before[k]["frames_inferred"]) / args.seconds, 2
+                )
+                for k in after
+            }
+            dec = {
+                k: round(
+                    (after[k]["frames_decoded"] - before[k]["frames_decoded"]) / args.seconds, 1
+                )
+                for k in after
+            }
+            runs.append({"round": round_, "checkout": name, "infer_fps": per, "decode_fps": dec})
+            print(json.dumps(runs[-1]), flush=True)
+    mine = [min(r["infer_fps"].values()) for r in runs if r["checkout"] == "this"]
+    return {"case": "unpaced", "streams": args.streams, "runs": runs, "ok": min(mine) > 1.0}
 
 
 def main() -> int:
@@ -396,10 +517,22 @@ def main() -> int:
     c.add_argument("--clients", type=int, default=1000)
     c.add_argument("--stalled", type=float, default=0.1)
     c.add_argument("--seconds", type=float, default=60.0)
-    for p in (f, r, c):
+    fl = sub.add_parser("flood")
+    fl.add_argument("--size", type=int, default=15_000_000)
+    fl.add_argument("--readers", type=int, default=20)
+    fl.add_argument("--seconds", type=float, default=30.0)
+    u = sub.add_parser("unpaced")
+    u.add_argument("--streams", type=int, default=3)
+    u.add_argument("--seconds", type=float, default=30.0)
+    u.add_argument("--warmup-s", type=float, default=10.0)
+    u.add_argument("--rounds", type=int, default=2)
+    u.add_argument("--compare", type=Path, help="another checkout to run side by side")
+    for p in (f, r, c, fl, u):
         p.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = ap.parse_args()
-    runner = {"frames": run_frames, "restarts": run_restarts, "clients": run_clients}[args.case]
+    runners = {"frames": run_frames, "restarts": run_restarts, "clients": run_clients,
+               "flood": run_flood, "unpaced": run_unpaced}  # fmt: skip
+    runner = runners[args.case]
     tmp = Path(tempfile.mkdtemp(prefix=f"vigil-soak-{args.case}-"))
     try:
         result = runner(args, tmp)

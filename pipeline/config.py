@@ -123,7 +123,7 @@ class ServerConfig:
     ws_max_clients: int = bounded(1024, 1, 100000)  # beyond it new clients are closed with 1013
     max_body_kb: int = bounded(64, 1, 65536)  # larger HTTP request bodies get 413
     header_timeout_s: float = bounded(10.0, 0.5, 600.0)  # a request's headers must arrive in this
-    malloc_trim_interval_s: float = bounded(60.0, 0.0, 86400.0)  # give freed heap back (0: off)
+    malloc_trim_interval_s: float = bounded(60.0, 0.0, 86400.0)  # gc + malloc_trim (0: off)
 
 
 @dataclass(frozen=True)
