@@ -75,4 +75,5 @@ soak: install
 	$(PY) -m benchmarks.soak restarts --out runs/soak/restarts.json
 	$(PY) -m benchmarks.soak flood --out runs/soak/flood.json
 	$(PY) -m benchmarks.soak unpaced --out runs/soak/unpaced.json
+	$(PY) -m benchmarks.soak memory --out runs/soak/memory.json
 	$(PY) -m benchmarks.soak frames --out runs/soak/frames.json

@@ -6,6 +6,7 @@ figures as one JSON line (and writes them to ``--out``) and exits 1 if a promise
     python -m benchmarks.soak clients  [--clients 1000] [--stalled 0.1] [--seconds 60]
     python -m benchmarks.soak flood    [--size 15000000] [--readers 20] [--seconds 30]
     python -m benchmarks.soak unpaced  [--streams 3] [--compare ../main]
+    python -m benchmarks.soak memory   [--clients 900]
 
 - ``frames``: looped files inferred as fast as the machine allows, ``--readers`` WebSocket
   clients reading every message, the server's RSS, threads and open files sampled every
@@ -23,6 +24,7 @@ figures as one JSON line (and writes them to ``--out``) and exits 1 if a promise
   closed) while ``--readers`` clients measure their latency: before, during and after.
 - ``unpaced``: files read as fast as possible; frames inferred per stream and second (with
   ``--compare CHECKOUT``, that checkout's server too, interleaved round by round).
+- ``memory``: the server in-process after a load of clients: what the memory that stays is.
 """
 
 from __future__ import annotations
@@ -438,6 +440,10 @@ def _flooder(url: str, stop: threading.Event, size: int) -> int:
 
 
 def run_flood(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The flooder runs in its own process at the lowest CPU priority, so what the readers see is
+    the server's doing, not the flooding client's own CPU on the same two cores."""
+    import subprocess
+
     shutil.copy(SAMPLE, tmp / "people.mp4")
     cfg = _base_config(tmp)
     cfg["streams"] = [{"id": f"s{i}", "url": "people.mp4", "fps": 10} for i in range(2)]
@@ -446,22 +452,29 @@ def run_flood(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for s in cfg["streams"]:
             srv.wait_state(s["id"], "live")
         for phase in ("quiet", "flooded", "quiet again"):
-            stop = threading.Event()
-            box: dict[str, int] = {}
-            flood = threading.Thread(
-                target=lambda b=box, e=stop: b.__setitem__("sent", _flooder(srv.ws, e, args.size))
-            )
+            flooder = None
             if phase == "flooded":
-                flood.start()
+                code = (
+                    "import os, threading, time; os.nice(19); from benchmarks.soak import _flooder;"
+                    f"e = threading.Event(); threading.Timer({args.seconds + 5}, e.set).start();"
+                    f"print(_flooder({srv.ws!r}, e, {args.size}))"
+                )
+                flooder = subprocess.Popen(
+                    [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True
+                )
+                time.sleep(2)
+            cpu0, t0 = _cpu_seconds(srv.proc.pid), time.monotonic()
             lat = np.array(asyncio.run(_latencies(srv.ws, args.readers, args.seconds)))
-            stop.set()
-            if phase == "flooded":
-                flood.join(30)
+            cpu = (_cpu_seconds(srv.proc.pid) - cpu0) / (time.monotonic() - t0)
+            sent = 0
+            if flooder is not None:
+                sent = int((flooder.communicate(timeout=60)[0] or "0").strip() or 0)
             phases[phase] = {
                 "messages": int(lat.size),
                 "p50_ms": round(float(np.percentile(lat, 50)), 1),
                 "p99_ms": round(float(np.percentile(lat, 99)), 1),
-                "flood_frames_sent": box.get("sent", 0),
+                "server_cpu_cores": round(cpu, 2),
+                "flood_frames_sent": sent,
             }
             print(json.dumps({phase: phases[phase]}), flush=True)
     result = {"case": "flood", "size": args.size, "readers": args.readers, "phases": phases}
@@ -473,11 +486,14 @@ def run_unpaced(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Streams read as fast as possible (``realtime: false``, ``fps: 0``): frames inferred per
     stream and second, for this checkout and (``--compare``) another one, interleaved."""
     shutil.copy(SAMPLE, tmp / "people.mp4")
-    cfg = _base_config(tmp)
-    cfg["streams"] = [
-        {"id": f"u{i}", "url": "people.mp4", "fps": 0, "realtime": False, "loop": True}
-        for i in range(args.streams)
-    ]
+    cfg = {  # only keys every checkout knows
+        "server": {"media_root": str(tmp)},
+        "tracker": {"embedder": "histogram"},
+        "streams": [
+            {"id": f"u{i}", "url": "people.mp4", "fps": 0, "realtime": False, "loop": True}
+            for i in range(args.streams)
+        ],
+    }
     repos = {"this": REPO, **({"compare": args.compare} if args.compare else {})}
     runs: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
@@ -503,6 +519,66 @@ def run_unpaced(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             print(json.dumps(runs[-1]), flush=True)
     mine = [min(r["infer_fps"].values()) for r in runs if r["checkout"] == "this"]
     return {"case": "unpaced", "streams": args.streams, "runs": runs, "ok": min(mine) > 1.0}
+
+
+def run_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The server in this process (uvicorn in a thread, periodic trim off), ``--clients``
+    clients from a child process: RSS, Python's live objects and allocated blocks before,
+    after the load, after ``malloc_trim`` alone, and after ``gc.collect()`` + ``malloc_trim``:
+    is the memory that stays held by something, or only waiting to be given back?"""
+    import gc
+    import subprocess
+    from dataclasses import replace
+
+    import uvicorn
+
+    from pipeline.config import StreamConfig, load_config
+    from server.app import create_app
+    from server.http_guard import guarded_protocol
+    from server.memory import malloc_trim
+
+    shutil.copy(SAMPLE, tmp / "people.mp4")
+    port = free_port()
+    cfg = load_config(None, {"server.media_root": str(tmp), "tracker.embedder": "histogram"})
+    cfg = replace(
+        cfg,
+        streams=(StreamConfig("s0", "people.mp4", fps=10),),
+        server=replace(cfg.server, port=port, ws_max_clients=5000, malloc_trim_interval_s=0.0),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, loop="uvloop",
+                       ws="websockets-sansio", http=guarded_protocol(10.0), log_level="warning")
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait(lambda: server.started, 120)
+    time.sleep(args.warmup_s)
+    pid = os.getpid()
+
+    def state(label: str) -> dict[str, Any]:
+        row = {"when": label, "rss_mb": proc_stats(pid)["rss_mb"],
+               "objects": len(gc.get_objects()), "blocks": sys.getallocatedblocks()}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        return row
+
+    gc.collect()
+    rows = [state("before")]
+    code = (
+        "import asyncio; from benchmarks.soak import _healthy, _filters;"
+        f"print(min(asyncio.run(_healthy('ws://127.0.0.1:{port}/ws', _filters({args.clients},"
+        f" False), {args.seconds}))))"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=600, check=True)
+    time.sleep(5)
+    rows.append(state("after the clients left"))
+    malloc_trim()
+    rows.append(state("after malloc_trim"))
+    gc.collect()
+    malloc_trim()
+    rows.append(state("after gc.collect + malloc_trim"))
+    server.should_exit = True
+    thread.join(30)
+    return {"case": "memory", "clients": args.clients, "rows": rows, "ok": True}
 
 
 def main() -> int:
@@ -532,11 +608,15 @@ def main() -> int:
     u.add_argument("--warmup-s", type=float, default=10.0)
     u.add_argument("--rounds", type=int, default=2)
     u.add_argument("--compare", type=Path, help="another checkout to run side by side")
-    for p in (f, r, c, fl, u):
+    m = sub.add_parser("memory")
+    m.add_argument("--clients", type=int, default=900)
+    m.add_argument("--seconds", type=float, default=15.0)
+    m.add_argument("--warmup-s", type=float, default=8.0)
+    for p in (f, r, c, fl, u, m):
         p.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = ap.parse_args()
     runners = {"frames": run_frames, "restarts": run_restarts, "clients": run_clients,
-               "flood": run_flood, "unpaced": run_unpaced}  # fmt: skip
+               "flood": run_flood, "unpaced": run_unpaced, "memory": run_memory}  # fmt: skip
     runner = runners[args.case]
     tmp = Path(tempfile.mkdtemp(prefix=f"vigil-soak-{args.case}-"))
     try:
