@@ -54,15 +54,16 @@ class LatestSlot:
             with self._notify:
                 self._notify.notify()
 
-    def put_when_free(self, frame: Frame, stop: threading.Event, poll_s: float = 0.1) -> bool:
-        """Wait until the slot is empty, then put (backpressure for sources that need not keep
-        up with a clock, e.g. a file read as fast as it is inferred). False if ``stop`` was set
-        first; the wait wakes at least every ``poll_s`` to check it."""
+    def put_when_free(self, frame: Frame, timeout: float) -> bool:
+        """Put ``frame`` once the slot is empty (backpressure for a source that need not keep up
+        with a clock, e.g. a file read as fast as it is inferred); False if the slot was still
+        full after ``timeout`` seconds (the caller decides whether to wait again). One producer
+        per slot."""
         with self._lock:
-            while self._frame is not None:
-                if stop.is_set():
-                    return False
-                self._taken.wait(poll_s)
+            if self._frame is not None:
+                self._taken.wait(timeout)
+            if self._frame is not None:
+                return False
         self.put(frame)
         return True
 

@@ -187,7 +187,7 @@ class LiveStream:
             return
         while not self._stop.is_set():
             self._last_progress = time.monotonic()  # waiting on inference is not a stall
-            if self.slot.put_when_free(frame, self._stop, poll_s=0.5):
+            if self.slot.put_when_free(frame, timeout=0.5):
                 return
 
     def _decode(self, src: FFmpegSource) -> str:

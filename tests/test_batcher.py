@@ -46,12 +46,12 @@ def test_a_fast_stream_keeps_its_place_in_the_batch_deadline() -> None:
     assert slot.take() is not None and slot.ready_since() is None
 
 
-def test_put_when_free_waits_for_the_consumer_and_honours_stop() -> None:
+def test_put_when_free_waits_for_the_consumer() -> None:
     slot = LatestSlot()
-    stop = threading.Event()
-    assert slot.put_when_free(_frame(0, 0.0), stop)
+    assert slot.put_when_free(_frame(0, 0.0), timeout=0.1)
+    assert not slot.put_when_free(_frame(1, 1.0), timeout=0.05)  # still full: gives up
     done: list[bool] = []
-    t = threading.Thread(target=lambda: done.append(slot.put_when_free(_frame(1, 1.0), stop)))
+    t = threading.Thread(target=lambda: done.append(slot.put_when_free(_frame(2, 2.0), 30.0)))
     t.start()
     t.join(0.3)
     assert t.is_alive() and slot.dropped == 0  # waits instead of replacing
@@ -59,10 +59,7 @@ def test_put_when_free_waits_for_the_consumer_and_honours_stop() -> None:
     t.join(5)
     assert done == [True] and first is not None and first.index == 0
     second = slot.take()
-    assert second is not None and second.index == 1 and slot.dropped == 0
-    slot.put(_frame(2, 2.0))
-    stop.set()
-    assert not slot.put_when_free(_frame(3, 3.0), stop)  # stopped while full: gives up
+    assert second is not None and second.index == 2 and slot.dropped == 0
 
 
 def test_latest_slot_memory_is_one_frame_over_thousands() -> None:
