@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,11 +26,13 @@ from pipeline.types import Frame
 class LatestSlot:
     """Holds at most one frame. Thread-safe; ``put`` never blocks.
 
-    ``ready_since`` is when the slot last went from empty to holding a frame: a replacement
-    keeps it, so a stream that decodes far faster than it is inferred still reaches the
-    batcher's ``max_wait_ms`` deadline (measured on the newest frame's arrival, a fast stream's
-    deadline would move forward with every replacement and never come). The consumer's
-    condition is notified only on that empty -> full edge, not on every replacement.
+    ``ready_since`` is when the slot last went from empty to holding a frame (wall clock at
+    ``put``, not the frame's arrival stamp): a replacement keeps it, so a stream that decodes
+    far faster than it is inferred still reaches the batcher's ``max_wait_ms`` deadline
+    (measured on the newest frame's arrival, a fast stream's deadline would move forward with
+    every replacement and never come); and a frame that waited in its reader before it got the
+    slot (``put_when_free``) does not look overdue, which would send it off alone in a batch of
+    one. The consumer's condition is notified only on that empty -> full edge.
     """
 
     def __init__(self, on_put: threading.Condition | None = None) -> None:
@@ -41,11 +44,13 @@ class LatestSlot:
         self.dropped = 0
         self.accepted = 0
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: Frame, now: float | None = None) -> None:
+        """Hold ``frame``, replacing (and counting) any frame not yet taken. ``now``: the wall
+        clock (``time.time()`` unless given)."""
         with self._lock:
             edge = self._frame is None
             if edge:
-                self._ready_since = frame.arrival
+                self._ready_since = time.time() if now is None else now
             else:
                 self.dropped += 1
             self._frame = frame
@@ -75,7 +80,7 @@ class LatestSlot:
             return frame
 
     def ready_since(self) -> float | None:
-        """The arrival time of the frame that made the slot non-empty; None when empty."""
+        """When the slot went from empty to full (wall clock); None when empty."""
         with self._lock:
             return self._ready_since
 

@@ -38,8 +38,8 @@ def test_a_fast_stream_keeps_its_place_in_the_batch_deadline() -> None:
     cond.notify = lambda n=1: (notified.append(1), real(n))  # type: ignore[method-assign]
     for i in range(20):
         t = 100.0 + i * 0.002
-        slot.put(_frame(i, t))
-        assert slot.ready_since() == 100.0  # the frame that filled the slot
+        slot.put(_frame(i, t), now=t)
+        assert slot.ready_since() == 100.0  # when the slot filled
         decision = batcher.decide(1, slot.ready_since(), now=t)
     assert decision.emit  # 38 ms after the slot filled: due, however often it was replaced
     assert len(notified) == 1  # the consumer is woken on the empty -> full edge only
