@@ -33,10 +33,16 @@ class LatestSlot:
     every replacement and never come); and a frame that waited in its reader before it got the
     slot (``put_when_free``) does not look overdue, which would send it off alone in a batch of
     one. The consumer's condition is notified only on that empty -> full edge.
+
+    A backpressured producer (``put_when_free``) may also park one frame behind the held one;
+    ``take`` moves it in at once, so such a stream is ready again the moment a batch takes its
+    frame, without waiting for its reader thread to be scheduled (on a saturated machine that
+    wait made its batches small). At most two frames per slot, never more.
     """
 
     def __init__(self, on_put: threading.Condition | None = None) -> None:
         self._frame: Frame | None = None
+        self._next: Frame | None = None  # parked by put_when_free behind the held frame
         self._ready_since: float | None = None
         self._lock = threading.Lock()
         self._taken = threading.Condition(self._lock)
@@ -60,22 +66,26 @@ class LatestSlot:
                 self._notify.notify()
 
     def put_when_free(self, frame: Frame, timeout: float) -> bool:
-        """Put ``frame`` once the slot is empty (backpressure for a source that need not keep up
-        with a clock, e.g. a file read as fast as it is inferred); False if the slot was still
-        full after ``timeout`` seconds (the caller decides whether to wait again). One producer
-        per slot."""
+        """Hold ``frame`` if the slot is empty, else park it behind the held frame once the
+        parking place is free (backpressure for a source that need not keep up with a clock,
+        e.g. a file read as fast as it is inferred); False if it was still taken after
+        ``timeout`` seconds (the caller decides whether to wait again). One producer per slot."""
         with self._lock:
-            if self._frame is not None:
+            if self._frame is not None and self._next is not None:
                 self._taken.wait(timeout)
             if self._frame is not None:
-                return False
+                if self._next is not None:
+                    return False
+                self._next = frame
+                self.accepted += 1
+                return True
         self.put(frame)
         return True
 
     def take(self) -> Frame | None:
         with self._lock:
-            frame, self._frame = self._frame, None
-            self._ready_since = None
+            frame, self._frame, self._next = self._frame, self._next, None
+            self._ready_since = time.time() if self._frame is not None else None
             self._taken.notify_all()
             return frame
 
@@ -86,7 +96,7 @@ class LatestSlot:
 
     @property
     def depth(self) -> int:
-        return 0 if self._frame is None else 1
+        return (self._frame is not None) + (self._next is not None)
 
 
 class RateGate:

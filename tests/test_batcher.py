@@ -46,20 +46,24 @@ def test_a_fast_stream_keeps_its_place_in_the_batch_deadline() -> None:
     assert slot.take() is not None and slot.ready_since() is None
 
 
-def test_put_when_free_waits_for_the_consumer() -> None:
+def test_put_when_free_parks_one_frame_and_waits_for_the_consumer() -> None:
     slot = LatestSlot()
-    assert slot.put_when_free(_frame(0, 0.0), timeout=0.1)
-    assert not slot.put_when_free(_frame(1, 1.0), timeout=0.05)  # still full: gives up
+    assert slot.put_when_free(_frame(0, 0.0), timeout=0.1)  # held
+    assert slot.put_when_free(_frame(1, 1.0), timeout=0.1) and slot.depth == 2  # parked
+    assert not slot.put_when_free(_frame(2, 2.0), timeout=0.05)  # both places taken: gives up
     done: list[bool] = []
     t = threading.Thread(target=lambda: done.append(slot.put_when_free(_frame(2, 2.0), 30.0)))
     t.start()
     t.join(0.3)
     assert t.is_alive() and slot.dropped == 0  # waits instead of replacing
     first = slot.take()
+    assert first is not None and first.index == 0
+    assert slot.ready_since() is not None  # the parked frame moved in at once: ready again
     t.join(5)
-    assert done == [True] and first is not None and first.index == 0
-    second = slot.take()
-    assert second is not None and second.index == 2 and slot.dropped == 0
+    assert done == [True]
+    got = [slot.take(), slot.take(), slot.take()]
+    assert [f.index for f in got if f is not None] == [1, 2] and got[2] is None
+    assert slot.dropped == 0 and slot.accepted == 3 and slot.depth == 0
 
 
 def test_latest_slot_memory_is_one_frame_over_thousands() -> None:
