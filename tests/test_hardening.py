@@ -140,8 +140,8 @@ def test_the_client_cap_closes_newcomers_with_1013(srv: Server) -> None:
             for _ in range(LIMITS["ws_max_clients"] + 1):
                 ws = await websockets.connect(srv.ws)
                 open_.append(ws)
-                await ws.send('{"op": "ping"}')
-                try:
+                try:  # a refused client may already be closed when it sends
+                    await ws.send('{"op": "ping"}')
                     assert (await _reply(ws)) == {"op": "pong"}
                 except websockets.ConnectionClosed as e:
                     assert e.rcvd is not None
@@ -162,7 +162,7 @@ def test_a_client_whose_last_seq_is_ahead_gets_the_snapshot(srv: Server) -> None
             sub = {"op": "subscribe", "streams": ["people"], "last_seq": {"people": 10**12}}
             await ws.send(json.dumps(sub))  # e.g. a client that outlived a server restart
             assert (await _reply(ws))["op"] == "subscribed"
-            return await _recv_json(ws, timeout=0.5)  # the snapshot is queued right behind
+            return await _recv_json(ws)  # the snapshot is queued right behind
 
     snap = asyncio.run(run())
     assert snap["stream"] == "people" and snap["seq"] < 10**12
