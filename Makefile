@@ -9,7 +9,7 @@ SAMPLE := assets/one-by-one-person-detection.mp4
 # Ultralytics-free, offline, and quiet: nothing here downloads at run time.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install install-gpu gpu-carry run replay bench test lint typecheck system-deps clean
+.PHONY: install install-gpu gpu-carry run replay bench test soak lint typecheck system-deps clean
 
 # Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
 # loopback RTSP server, GStreamer's RTSP server with its Python bindings.
@@ -79,3 +79,15 @@ typecheck:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+
+# Long reliability runs with figures (not part of `make test`): 100,000 frames with WebSocket
+# readers (RSS, threads, files sampled every 30 s), an RTSP camera restarted 20 times, 1,000
+# WebSocket clients with 10% stalled, a client flooding 15 MB frames, unpaced files.
+# JSON lands in runs/soak/.
+soak: install
+	$(PY) -m benchmarks.soak clients --out runs/soak/clients.json
+	$(PY) -m benchmarks.soak restarts --out runs/soak/restarts.json
+	$(PY) -m benchmarks.soak flood --out runs/soak/flood.json
+	$(PY) -m benchmarks.soak unpaced --out runs/soak/unpaced.json
+	$(PY) -m benchmarks.soak memory --out runs/soak/memory.json
+	$(PY) -m benchmarks.soak frames --out runs/soak/frames.json

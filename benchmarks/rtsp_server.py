@@ -5,6 +5,8 @@ which has the GObject bindings:  rtsp_server.py --port 8554 cam1=clip.mp4 [cam2=
 Each mount is fed by a looping ``ffmpeg -re`` pushing RTP to a local UDP port; clips are first
 remuxed to MPEG-TS so SPS/PPS travel in-band and the loop wraps cleanly (ENVIRONMENT.md §8).
 Prints one ``rtsp://...`` line per mount when ready; SIGTERM stops it and its feeders.
+``--auth USER:PASSWORD`` makes every mount require RTSP basic authentication (a client without
+those credentials gets 401).
 """
 
 import argparse
@@ -22,6 +24,7 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--port", default="8554")
 ap.add_argument("--rtp-base", type=int, default=15000)
+ap.add_argument("--auth", default="", help="USER:PASSWORD required of every client")
 ap.add_argument("mounts", nargs="+")
 a = ap.parse_args()
 Gst.init(None)
@@ -30,6 +33,17 @@ server.set_address("127.0.0.1")
 server.set_service(a.port)
 mounts = server.get_mount_points()
 feeders = []
+permissions = None
+if a.auth:
+    user, _, password = a.auth.partition(":")
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "viewer")
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+    server.set_auth(auth)
+    permissions = GstRtspServer.RTSPPermissions()
+    permissions.add_permission_for_role("viewer", "media.factory.access", True)
+    permissions.add_permission_for_role("viewer", "media.factory.construct", True)
 
 
 def feeder_cmd(path: str, port: int) -> list[str]:
@@ -57,6 +71,8 @@ for i, spec in enumerate(a.mounts):
         f"! rtph264pay name=pay0 pt=96 config-interval=-1 )"
     )
     f.set_shared(True)
+    if permissions is not None:
+        f.set_permissions(permissions)
     mounts.add_factory(f"/{name}", f)
     feeders.append(subprocess.Popen(feeder_cmd(path, port), stdout=subprocess.DEVNULL))
     print(f"rtsp://127.0.0.1:{a.port}/{name}", flush=True)

@@ -71,15 +71,17 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(config: dict[str, Any], tmp: Path) -> Iterator[Server]:
+def serve(config: dict[str, Any], tmp: Path, repo: Path = REPO) -> Iterator[Server]:
+    """`vigil serve` with ``config`` on a free port, run from the checkout ``repo`` (another
+    checkout lets a benchmark compare two versions side by side)."""
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     path = tmp / f"serve-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--config", str(path)],
-        cwd=REPO,
+        cwd=repo,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

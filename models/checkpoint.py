@@ -109,12 +109,18 @@ def load_checkpoint_records(path: Path) -> dict[str, Any]:
             path, map_location="cpu", pickle_module=_RestrictedPickleModule, weights_only=False
         )
     except pickle.UnpicklingError as e:
-        raise VigilError(f"{path}: {e}") from None
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:
-        raise VigilError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+        raise VigilError(f"{path}: {_first_line(e)}") from None
+    except Exception as e:  # a damaged or hostile archive: whatever broke, one line
+        raise VigilError(
+            f"{path}: unreadable checkpoint ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model") or ckpt.get("ema"), _Record):
         raise VigilError(f"{path}: not a YOLOv5 checkpoint (no 'model' entry)")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def _flatten(rec: _Record, prefix: str, out: dict[str, torch.Tensor]) -> None:

@@ -5,9 +5,9 @@ channels-last on CUDA, FP32 on the CPU.
 The crops are gathered on the device: each frame that has boxes is uploaded once (through a
 reused pinned buffer, asynchronously), and every box's ``crop_h x crop_w`` nearest-neighbour
 samples are one indexing operation per frame, with the same index arithmetic as
-:func:`models.reid_manifest.sample_crops` (float64, truncation), so on the CPU the crops are identical to
-the ONNX Runtime embedder's. Then BGR -> RGB, ImageNet normalisation, one network call for all
-boxes of the batch, L2 normalisation, and one device-to-host copy.
+:func:`models.reid_manifest.sample_crops` (float64, truncation), so on the CPU the crops are
+identical to the ONNX Runtime embedder's. Then BGR -> RGB, ImageNet normalisation, one network
+call for all boxes of the batch, L2 normalisation, and one device-to-host copy.
 """
 
 from __future__ import annotations

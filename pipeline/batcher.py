@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,37 +24,79 @@ from pipeline.types import Frame
 
 
 class LatestSlot:
-    """Holds at most one frame. Thread-safe; ``put`` never blocks."""
+    """Holds at most one frame. Thread-safe; ``put`` never blocks.
+
+    ``ready_since`` is when the slot last went from empty to holding a frame (wall clock at
+    ``put``, not the frame's arrival stamp): a replacement keeps it, so a stream that decodes
+    far faster than it is inferred still reaches the batcher's ``max_wait_ms`` deadline
+    (measured on the newest frame's arrival, a fast stream's deadline would move forward with
+    every replacement and never come); and a frame that waited in its reader before it got the
+    slot (``put_when_free``) does not look overdue, which would send it off alone in a batch of
+    one. The consumer's condition is notified only on that empty -> full edge.
+
+    A backpressured producer (``put_when_free``) may also park one frame behind the held one;
+    ``take`` moves it in at once, so such a stream is ready again the moment a batch takes its
+    frame, without waiting for its reader thread to be scheduled (on a saturated machine that
+    wait made its batches small). At most two frames per slot, never more.
+    """
 
     def __init__(self, on_put: threading.Condition | None = None) -> None:
         self._frame: Frame | None = None
+        self._next: Frame | None = None  # parked by put_when_free behind the held frame
+        self._ready_since: float | None = None
         self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)
         self._notify = on_put
         self.dropped = 0
         self.accepted = 0
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: Frame, now: float | None = None) -> None:
+        """Hold ``frame``, replacing (and counting) any frame not yet taken. ``now``: the wall
+        clock (``time.time()`` unless given)."""
         with self._lock:
-            if self._frame is not None:
+            edge = self._frame is None
+            if edge:
+                self._ready_since = time.time() if now is None else now
+            else:
                 self.dropped += 1
             self._frame = frame
             self.accepted += 1
-        if self._notify is not None:
+        if edge and self._notify is not None:
             with self._notify:
                 self._notify.notify()
 
+    def put_when_free(self, frame: Frame, timeout: float) -> bool:
+        """Hold ``frame`` if the slot is empty, else park it behind the held frame once the
+        parking place is free (backpressure for a source that need not keep up with a clock,
+        e.g. a file read as fast as it is inferred); False if it was still taken after
+        ``timeout`` seconds (the caller decides whether to wait again). One producer per slot."""
+        with self._lock:
+            if self._frame is not None and self._next is not None:
+                self._taken.wait(timeout)
+            if self._frame is not None:
+                if self._next is not None:
+                    return False
+                self._next = frame
+                self.accepted += 1
+                return True
+        self.put(frame)
+        return True
+
     def take(self) -> Frame | None:
         with self._lock:
-            frame, self._frame = self._frame, None
+            frame, self._frame, self._next = self._frame, self._next, None
+            self._ready_since = time.time() if self._frame is not None else None
+            self._taken.notify_all()
             return frame
 
-    def peek_arrival(self) -> float | None:
+    def ready_since(self) -> float | None:
+        """When the slot went from empty to full (wall clock); None when empty."""
         with self._lock:
-            return None if self._frame is None else self._frame.arrival
+            return self._ready_since
 
     @property
     def depth(self) -> int:
-        return 0 if self._frame is None else 1
+        return (self._frame is not None) + (self._next is not None)
 
 
 class RateGate:

@@ -119,6 +119,10 @@ class ServerConfig:
     port: int = bounded(8000, 0, 65535)
     media_root: str = "."  # file and folder streams must resolve inside this folder
     allow_http: bool = False  # accept http(s):// stream URLs
+    # Hosts (names or IP networks, e.g. "cam.local", "10.1.0.0/16") that network stream URLs
+    # may point at; empty: any. Names are compared as written, never resolved.
+    allowed_hosts: tuple[str, ...] = ()
+    redact_query: bool = True  # API output masks every query value of a stream URL
     ws_queue: int = bounded(64, 1, 100000)  # per-client queue; the oldest dropped beyond it
     ws_ping_interval_s: float = bounded(20.0, 0.0, 3600.0)  # keepalive ping (0: off)
     ws_ping_timeout_s: float = bounded(20.0, 0.1, 3600.0)
@@ -126,6 +130,16 @@ class ServerConfig:
     # Kernel send buffer per connection, KiB (0: the OS default, which grows to MBs per client
     # that stops reading); bounds what a stalled client can hold.
     send_buffer_kb: int = bounded(256, 0, 65536)
+    # What one client may send. WebSocket messages above ws_max_message_bytes close the
+    # connection (1009) before they are read; past ws_messages_per_s (bursts of 10 s worth) or
+    # ws_bad_messages_per_minute malformed ones it is closed with 1008.
+    ws_max_message_bytes: int = bounded(16384, 256, 1048576)
+    ws_messages_per_s: float = bounded(10.0, 0.1, 1000.0)
+    ws_bad_messages_per_minute: int = bounded(10, 1, 10000)
+    ws_max_clients: int = bounded(1024, 1, 100000)  # beyond it new clients are closed with 1013
+    max_body_kb: int = bounded(64, 1, 65536)  # larger HTTP request bodies get 413
+    header_timeout_s: float = bounded(10.0, 0.5, 600.0)  # a request's headers must arrive in this
+    malloc_trim_interval_s: float = bounded(60.0, 0.0, 86400.0)  # gc + malloc_trim (0: off)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ from pipeline.types import Frame, VigilError
 from pipeline.wiring import build_decode, build_engine, build_tracker
 
 
+class StreamConflict(VigilError):
+    """The stream id is taken, or the pipeline already runs ``live.max_streams`` streams."""
+
+
 class LivePipeline:
     """The streams, the batcher and the inference thread of ``vigil serve``.
 
@@ -69,13 +73,15 @@ class LivePipeline:
 
     # -- streams ------------------------------------------------------------------------
     def add_stream(self, spec: StreamConfig, url: str | None = None) -> LiveStream:
-        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``)."""
+        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``). The check and
+        the insertion are one step under the lock: of two concurrent adds of one id, exactly
+        one wins and the other gets :class:`StreamConflict`."""
         with self._lock:
             if spec.id in self._streams:
-                raise VigilError(f"stream {spec.id!r} already exists")
+                raise StreamConflict(f"stream {spec.id!r} already exists")
             s = self.cfg.live
             if len(self._streams) >= s.max_streams:
-                raise VigilError(f"at most {s.max_streams} streams")
+                raise StreamConflict(f"at most {s.max_streams} streams (live.max_streams)")
             tracker = build_tracker(self.cfg.tracker, spec.tracker)
             if tracker.uses_appearance and self.engine.embedder is None:
                 raise VigilError(
@@ -92,18 +98,22 @@ class LivePipeline:
                 backoff=Backoff(s.backoff_initial_s, s.backoff_max_s),
                 allow_http=self.cfg.server.allow_http,
                 decode=self.decode,
+                mask_query=self.cfg.server.redact_query,
             )
             self._streams[spec.id] = StreamRuntime(stream, tracker)
         stream.start()
         return stream
 
-    def remove_stream(self, stream_id: str) -> None:
+    def remove_stream(self, stream_id: str) -> bool:
+        """Stop and forget a stream; False if there was none (so of two concurrent removals
+        exactly one gets True)."""
         with self._lock:
             st = self._streams.pop(stream_id, None)
         if st is None:
-            raise KeyError(stream_id)
+            return False
         st.removed = True  # a batch in flight must not publish for it any more
         st.stream.stop()
+        return True
 
     def streams(self) -> list[LiveStream]:
         with self._lock:
@@ -169,7 +179,7 @@ class LivePipeline:
                     states = list(self._streams.values())
                 ready = {}
                 for st in states:
-                    t = st.stream.slot.peek_arrival()
+                    t = st.stream.slot.ready_since()
                     if t is not None:
                         ready[st.stream.spec.id] = (st, t)
                 oldest = min((t for _, t in ready.values()), default=None)

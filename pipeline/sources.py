@@ -6,17 +6,22 @@ FFmpeg's log and counts the decode errors it reports (corrupt packets are decode
 fatal). Measured on the 2-core dev machine (README): 720 frames/s for the 768x432 sample clip and
 360 frames/s for TUD-Stadtmitte's 640x480 JPEGs, in a process of its own that overlaps inference.
 
-Which FFmpeg and which decode path (NVDEC with ``-hwaccel cuda``, or the CPU decoder with its
-threads) comes from a :class:`pipeline.decode.DecodePlan`, resolved once from ``source.*``.
-
 Source specs: a video file, a folder of frames (sorted by file name: MOTChallenge ``img1/``), an
 ``rtsp://`` / ``rtsps://`` URL (TCP transport unless told otherwise), or ``http(s)://`` when the
 caller allows it. FFmpeg always gets an explicit ``-protocol_whitelist`` for the kind of source,
 so a crafted file or playlist cannot make it open anything else.
+
+A network URL that carries credentials (userinfo, ``?token=``...) never goes on FFmpeg's command
+line, where every local user can read it (``ps``, ``/proc/PID/cmdline``): FFmpeg reads a
+one-entry ``ffconcat`` script from its standard input instead (``-f concat -i pipe:0``), with
+the source's options as ``option`` lines, so the URL only exists in Vigil's memory and in a pipe
+only Vigil and FFmpeg hold. Whatever FFmpeg then prints is scrubbed of those secrets.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import re
@@ -31,22 +36,41 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.credentials import has_secrets, redact, scrub, url_secrets
 from pipeline.decode import DecodePlan, parse_ffmpeg_banner, resolve_decode
 from pipeline.types import Frame, VigilError
 
+__all__ = ["FFmpegSource", "SourceInfo", "list_frames", "redact"]
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _ERROR_WORDS = re.compile(r"error|corrupt|invalid|concealing|missing", re.IGNORECASE)
-_CREDENTIALS = re.compile(r"((?:rtsps?|https?)://)[^/@\s]+@", re.IGNORECASE)
+# Timestamp notices (a camera's clock jumping) are not decode errors and never the cause of an
+# exit; they used to mask the real reason (e.g. "Connection refused") in last_error.
+_TIMESTAMP_NOTICE = re.compile(r"\b(dts|pts|timestamps?)\b", re.IGNORECASE)
+# What FFmpeg's mov/mp4 demuxer says where a file was cut short.
+_TRUNCATED = re.compile(r"partial file|moov atom not found", re.IGNORECASE)
 PROTOCOLS = {
     "file": "file,pipe",
     "rtsp": "rtsp,rtsps,rtp,srtp,udp,tcp,tls",
     "http": "http,https,tcp,tls",
 }
+PIPE_BYTES = 1 << 20  # pipe buffer asked for: one read per frame instead of ~16 (fewer GIL hops)
 
 
-def redact(uri: str) -> str:
-    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``: never log or echo credentials."""
-    return _CREDENTIALS.sub(r"\1***@", uri)
+def _cause(line: str, secrets: list[str]) -> str:
+    """One FFmpeg log line as a user-facing reason: no secrets, no ``pipe:0:`` prefix."""
+    return scrub(line.removeprefix("pipe:0: "), secrets)[:300]
+
+
+def _concat_script(url: str, options: dict[str, str]) -> bytes:
+    """A one-entry ffconcat script opening ``url`` with per-input ``options``. A line break in
+    ``url`` could add directives of its own: refused."""
+    if re.search(r"[\x00-\x1f\x7f]", url):
+        raise VigilError(f"url contains control characters: {redact(url)!r}")
+    quoted = url.replace("'", "'\\''")
+    lines = ["ffconcat version 1.0", f"file '{quoted}'"]
+    lines += [f"option {k} {v}" for k, v in options.items()]
+    return ("\n".join(lines) + "\n").encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +85,44 @@ class SourceInfo:
     frame_count: int | None
 
 
-def _probe(plan: DecodePlan, args: list[str], what: str, timeout: float) -> dict[str, Any]:
+def _probe(
+    plan: DecodePlan,
+    args: list[str],
+    what: str,
+    timeout: float,
+    stdin: bytes | None = None,
+    secrets: list[str] | None = None,
+) -> dict[str, Any]:
     """The first video stream's facts (ffprobe's keys), by ffprobe or, without one, by
-    ``ffmpeg -i``."""
+    ``ffmpeg -i``. ``args`` end with the input (after ``-i`` or alone)."""
     if plan.ffprobe is None:
-        cmd = [plan.ffmpeg, "-hide_banner", "-nostdin", *args[:-1], "-i", args[-1]]
+        head = args[:-2] if len(args) > 1 and args[-2] == "-i" else args[:-1]
+        cmd = [plan.ffmpeg, "-hide_banner", "-nostdin", *head, "-i", args[-1]]
     else:
         cmd = [plan.ffprobe, "-v", "error", "-select_streams", "v:0", "-show_streams"]
         cmd += ["-of", "json", *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            input=stdin or b"",
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise VigilError(f"{what}: no answer within {timeout:.0f} s") from None
     streams: list[dict[str, Any]] = []
+    stderr = proc.stderr.decode(errors="replace")
     if plan.ffprobe is None:
-        found = parse_ffmpeg_banner(proc.stderr)
+        found = parse_ffmpeg_banner(stderr)
         streams = [found] if found else []
     elif proc.returncode == 0:
-        streams = json.loads(proc.stdout or "{}").get("streams", [])
+        with contextlib.suppress(ValueError):
+            streams = json.loads(proc.stdout.decode(errors="replace") or "{}").get("streams", [])
     if not streams:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if "output file" not in ln]
-        msg = (lines or ["no video stream"])[-1]
-        raise VigilError(f"{what} is not a readable video ({redact(msg)})")
+        lines = [ln for ln in stderr.strip().splitlines() if "output file" not in ln]
+        lines = lines or ["no video stream"]
+        raise VigilError(f"{what} is not a readable video ({_cause(lines[-1], secrets or [])})")
     return dict(streams[0])
 
 
@@ -144,43 +184,34 @@ class FFmpegSource:
         self.stream_id = stream_id
         self.max_frames = max_frames
         self.decode_errors = 0
-        self.last_error = ""
+        self.last_error = ""  # the latest decode error FFmpeg reported (scrubbed)
+        self.last_line = ""  # FFmpeg's latest log line (scrubbed)
         self.frames_decoded = 0
         self._timeout = timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._close_lock = threading.Lock()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._stdin: bytes | None = None
+        self._secrets = url_secrets(spec)
+        self.truncated = ""  # FFmpeg's words when a file turned out cut short
+        self.exit_reason = ""  # FFmpeg's last line when it exited with an error
         lowered = spec.lower()
-        if lowered.startswith(("http://", "https://")):
-            if not allow_http:
+        if lowered.startswith(("http://", "https://", "rtsp://", "rtsps://")):
+            http = lowered.startswith("http")
+            if http and not allow_http:
                 raise VigilError(f"http(s) sources are disabled: {redact(spec)}")
-            net = [
-                "-protocol_whitelist",
-                PROTOCOLS["http"],
-                "-rw_timeout",
-                str(int(timeout_s * 1e6)),
-            ]
-            s = _probe(self.decode, [*net, spec], redact(spec), timeout_s + 5)
-            self._input = [*net, "-i", spec]
-            self.info = SourceInfo(
-                "http", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None
-            )
-            return
-        if lowered.startswith(("rtsp://", "rtsps://")):
-            if rtsp_transport not in ("tcp", "udp"):
+            if not http and rtsp_transport not in ("tcp", "udp"):
                 raise VigilError(f"rtsp transport must be tcp or udp, got {rtsp_transport!r}")
-            # Probe 1 s of stream, not FFmpeg's default 5 s: a camera is live sooner, and many
-            # cameras connecting at once cost less.
-            net = [
-                "-protocol_whitelist", PROTOCOLS["rtsp"], "-rtsp_transport", rtsp_transport,
-                "-timeout", str(int(timeout_s * 1e6)),
-                "-analyzeduration", "1000000", "-probesize", "1000000",
-            ]  # fmt: skip
-            self._input = [*net, "-fflags", "nobuffer", "-i", spec]
-            s = _probe(self.decode, [*net, spec], redact(spec), timeout_s + 5)
-            self.info = SourceInfo(
-                "rtsp", redact(spec), int(s["width"]), int(s["height"]), _fps(s), None
-            )
+            micros = str(int(timeout_s * 1e6))
+            # RTSP: probe 1 s of stream, not FFmpeg's default 5 s: a camera is live sooner, and
+            # many cameras connecting at once cost less.
+            opts = (
+                {"rw_timeout": micros}
+                if http
+                else {"rtsp_transport": rtsp_transport, "timeout": micros,
+                      "analyzeduration": "1000000", "probesize": "1000000"}
+            )  # fmt: skip
+            self._open_network(spec, "http" if http else "rtsp", opts, timeout_s)
             return
         path = Path(spec)
         if path.is_dir():
@@ -218,12 +249,47 @@ class FFmpegSource:
             int(count) if count.isdigit() else None,
         )
 
+    def _open_network(self, spec: str, kind: str, opts: dict[str, str], timeout_s: float) -> None:
+        """Probe a network source and prepare FFmpeg's input arguments; a URL with secrets goes
+        through standard input as an ffconcat script, never on a command line."""
+        whitelist = PROTOCOLS[kind]
+        outer = {k: v for k, v in opts.items() if k in ("analyzeduration", "probesize")}
+        if has_secrets(spec):
+            self._stdin = _concat_script(
+                spec, {**opts, "fflags": "nobuffer"} if kind == "rtsp" else opts
+            )
+            net = ["-protocol_whitelist", f"pipe,{whitelist}"]
+            net += [a for k, v in outer.items() for a in (f"-{k}", v)]
+            net += ["-f", "concat", "-safe", "0"]
+            s = _probe(
+                self.decode,
+                [*net, "-i", "pipe:0"],
+                redact(spec),
+                timeout_s + 5,
+                self._stdin,
+                self._secrets,
+            )
+            self._input = [*net, "-i", "pipe:0"]
+        else:
+            net = ["-protocol_whitelist", whitelist]
+            net += [a for k, v in opts.items() for a in (f"-{k}", v)]
+            s = _probe(self.decode, [*net, spec], redact(spec), timeout_s + 5)
+            self._input = [*net, *(["-fflags", "nobuffer"] if kind == "rtsp" else []), "-i", spec]
+        self.info = SourceInfo(kind, redact(spec), int(s["width"]), int(s["height"]), _fps(s), None)
+
     def _drain_log(self, stream: object) -> None:
+        """FFmpeg's log: count decode errors, remember the last line (the cause if it exits
+        with an error) and whether a file was cut short. Every line is scrubbed first."""
         for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
             line = raw.decode(errors="replace").strip()
-            if line and _ERROR_WORDS.search(line):
+            if not line:
+                continue
+            self.last_line = _cause(line, self._secrets)
+            if _TRUNCATED.search(line):
+                self.truncated = self.last_line
+            if _ERROR_WORDS.search(line) and not _TIMESTAMP_NOTICE.search(line):
                 self.decode_errors += 1
-                self.last_error = redact(line)
+                self.last_error = self.last_line
 
     def frames(self) -> Iterator[Frame]:
         """Decode and yield frames; raises VigilError if FFmpeg fails before any frame."""
@@ -236,12 +302,22 @@ class FFmpegSource:
             "-f", "rawvideo", "-pix_fmt", "bgr24", "-fps_mode", "passthrough", "pipe:1",
         ]  # fmt: skip
         self._proc = proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            cmd,
+            stdin=subprocess.PIPE if self._stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
         )
+        if proc.stdin is not None:  # the ffconcat script with the URL: then end of input
+            with contextlib.suppress(OSError):
+                proc.stdin.write(self._stdin or b"")
+            proc.stdin.close()
+        assert proc.stdout is not None
+        with contextlib.suppress(OSError, AttributeError):  # Linux only; a hint, not required
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         log = threading.Thread(target=self._drain_log, args=(proc.stderr,), daemon=True)
         log.start()
         fps = self.info.fps or 25.0
-        assert proc.stdout is not None
         try:
             index = 0
             while True:
@@ -255,10 +331,10 @@ class FFmpegSource:
         finally:
             self.close()
             log.join(timeout=2)
+        if proc.returncode not in (0, None):
+            self.exit_reason = self.last_line or f"FFmpeg exited with status {proc.returncode}"
         if self.frames_decoded == 0 and proc.returncode not in (0, None):
-            raise VigilError(
-                f"{self.info.uri}: FFmpeg decoded no frame ({self.last_error or 'no output'})"
-            )
+            raise VigilError(f"{self.info.uri}: FFmpeg decoded no frame ({self.exit_reason})")
 
     def close(self) -> None:
         """End the FFmpeg child (safe from any thread, any number of times)."""

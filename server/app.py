@@ -15,22 +15,26 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security, WebSocket
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel
-from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from pipeline.config import StreamConfig, VigilConfig, parse_stream
 from pipeline.live import LivePipeline, build_engine_low_priority
 from pipeline.live_source import LiveStream
-from pipeline.live_step import Published
-from pipeline.types import VigilError
+from pipeline.live_step import Published, ThrottledLog
 from pipeline.wiring import build_decode
 from server.auth import ApiKeys, RateLimiter, digest
+from server.errors import install as install_errors
+from server.errors import responses
+from server.http_guard import BodyLimit
 from server.hub import Hub
+from server.memory import trim_periodically
 from server.metrics import Metrics
-from server.schema import rest_model
+from server.schema import Health, Ready, StreamStatus, rest_model
 from server.urls import check_stream_url
+from server.ws import session
 
 HANDOFF_LIMIT = 1024
 CLOSE_GOING_AWAY = 1001
@@ -54,6 +58,7 @@ class _Runtime:
         self._pending_lock = threading.Lock()
         self.stopped = False
         self.model: dict[str, str] = {}
+        self.log = ThrottledLog()
 
     def handoff(self, msg: Published) -> None:
         """Called from the inference thread: schedule delivery on the loop, never block."""
@@ -91,6 +96,7 @@ class _Runtime:
             engine.info.class_names,
             on_sent=self.metrics.latency.observe,
             on_lost=self.metrics.ws_lost.inc,
+            max_list=cfg.live.max_streams,
         )
         self.pipeline = LivePipeline(
             cfg, self.handoff, engine, observe_stage=self.metrics.observe_stage
@@ -102,8 +108,9 @@ class _Runtime:
     def spec(self, entry: dict[str, Any] | StreamConfig) -> tuple[StreamConfig, str]:
         """A validated stream and the URL FFmpeg will open (the URL policy applied)."""
         stream = entry if isinstance(entry, StreamConfig) else parse_stream(entry)
-        root = Path(self.cfg.server.media_root)
-        return stream, check_stream_url(stream.url, root, self.cfg.server.allow_http)
+        srv = self.cfg.server
+        url = check_stream_url(stream.url, Path(srv.media_root), srv.allow_http, srv.allowed_hosts)
+        return stream, url
 
     async def stop(self) -> None:
         """Stop intake and drain (off the loop), then close every client with 1001."""
@@ -128,9 +135,10 @@ class _Runtime:
 def stream_status(stream: LiveStream, rates: dict[str, float], errors: int = 0) -> dict[str, Any]:
     return {
         "id": stream.spec.id,
-        "url": stream.url_redacted,
+        "url": stream.url_public,
         "state": str(stream.state),
         "last_error": stream.last_error or None,
+        "last_error_at": round(stream.last_error_at, 3) if stream.last_error else None,
         "width": stream.width,
         "height": stream.height,
         "target_fps": stream.spec.fps,
@@ -141,6 +149,7 @@ def stream_status(stream: LiveStream, rates: dict[str, float], errors: int = 0) 
         "drops": stream.slot.dropped,
         "skipped": stream.gate.skipped,
         "reconnects": stream.reconnects,
+        "decode_errors": stream.decode_errors,
         "errors": errors,
         "queue_depth": stream.slot.depth,
     }
@@ -164,11 +173,27 @@ def create_app(cfg: VigilConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await rt.start()
+        trim = cfg.server.malloc_trim_interval_s
+        trimmer = asyncio.create_task(trim_periodically(trim)) if trim > 0 else None
         yield
+        if trimmer is not None:
+            trimmer.cancel()
         await rt.stop()
 
     app = FastAPI(title="Vigil", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=cfg.server.max_body_kb * 1024)
     app.state.runtime = rt
+    install_errors(app, rt.log)
+    auth_errors = (401, 403) if rt.keys.enabled else ()
+    # Documents the key (X-API-Key, or Authorization: Bearer) where one is required; the
+    # check itself is `authorize`, which also takes ?token= on the WebSocket.
+    security = (
+        [Security(APIKeyHeader(name="X-API-Key", auto_error=False)),
+         Security(HTTPBearer(auto_error=False))]
+        if rt.keys.enabled
+        else []
+    )  # fmt: skip
+    read_errors = auth_errors if cfg.auth.protect_reads else ()
 
     def authorize(request: Request) -> bytes | str:
         if not rt.keys.enabled:
@@ -189,20 +214,19 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         if not rt.limiter.allow(who):
             raise HTTPException(429, "too many changes; slow down")
 
+    read_deps = [*(security if cfg.auth.protect_reads else []), Depends(read_access)]
+    mutation_deps = [*security, Depends(mutation)]
+
     def pipeline() -> LivePipeline:
         if rt.pipeline is None:
             raise HTTPException(503, "not ready")
         return rt.pipeline
 
-    @app.exception_handler(VigilError)
-    async def vigil_error(_: Request, exc: VigilError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
     async def readyz() -> JSONResponse:
         p = rt.pipeline
         ok = p is not None and p.ready and not rt.stopped
@@ -215,7 +239,17 @@ def create_app(cfg: VigilConfig) -> FastAPI:
             body["reason"] = "starting"
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    metric_errors = auth_errors if cfg.auth.protect_metrics else ()
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                  "description": "Prometheus text exposition format 0.0.4"},
+            **responses(*metric_errors),
+        },
+    )  # fmt: skip
     async def metrics(request: Request) -> Response:
         if cfg.auth.protect_metrics:
             authorize(request)
@@ -223,34 +257,56 @@ def create_app(cfg: VigilConfig) -> FastAPI:
             rt.metrics.ws_clients.set(len(rt.hub.clients))
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/api/streams", dependencies=[Depends(read_access)])
+    @app.get(
+        "/api/streams",
+        dependencies=read_deps,
+        response_model=list[StreamStatus],
+        responses=responses(*read_errors, 503),
+    )
     async def list_streams() -> list[dict[str, Any]]:
         p = pipeline()
         return [stream_status(s, p.rates(s.spec.id), p.errors(s.spec.id)) for s in p.streams()]
 
-    @app.get("/api/streams/{stream_id}", dependencies=[Depends(read_access)])
+    @app.get(
+        "/api/streams/{stream_id}",
+        dependencies=read_deps,
+        response_model=StreamStatus,
+        responses=responses(*read_errors, 404, 422, 503),
+    )
     async def get_stream(stream_id: str) -> dict[str, Any]:
         p = pipeline()
         s = p.get(stream_id)
         if s is None:
-            raise HTTPException(404, f"no stream {stream_id!r}")
+            raise HTTPException(404, f"no stream {_quoted(stream_id)}")
         return stream_status(s, p.rates(stream_id), p.errors(stream_id))
 
-    @app.post("/api/streams", status_code=201, dependencies=[Depends(mutation)])
+    @app.post(
+        "/api/streams",
+        status_code=201,
+        dependencies=mutation_deps,
+        response_model=StreamStatus,
+        responses=responses(400, *auth_errors, 409, 413, 422, 429, 503),
+    )
     async def add_stream(body: StreamIn) -> dict[str, Any]:  # type: ignore[valid-type]
         p = pipeline()
         spec, url = rt.spec(cast(BaseModel, body).model_dump())
-        if p.get(spec.id) is not None:
-            raise HTTPException(409, f"stream {spec.id!r} already exists")
+        # add_stream checks and inserts under one lock: one of two racing POSTs gets 409.
         stream = await asyncio.get_running_loop().run_in_executor(None, p.add_stream, spec, url)
         return stream_status(stream, {})
 
-    @app.delete("/api/streams/{stream_id}", status_code=204, dependencies=[Depends(mutation)])
+    @app.delete(
+        "/api/streams/{stream_id}",
+        status_code=204,
+        dependencies=mutation_deps,
+        response_class=Response,
+        responses=responses(*auth_errors, 404, 422, 429, 503),
+    )
     async def remove_stream(stream_id: str) -> Response:
         p = pipeline()
-        if p.get(stream_id) is None:
-            raise HTTPException(404, f"no stream {stream_id!r}")
-        await asyncio.get_running_loop().run_in_executor(None, p.remove_stream, stream_id)
+        # One atomic pop: of two racing DELETEs exactly one gets 204, the other 404.
+        removed = await asyncio.get_running_loop().run_in_executor(None, p.remove_stream, stream_id)
+        if not removed:
+            raise HTTPException(404, f"no stream {_quoted(stream_id)}")
         if rt.hub is not None:
             rt.hub.forget_stream(stream_id)
         return Response(status_code=204)
@@ -266,21 +322,11 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         if hub is None or rt.stopped:
             await socket.close(code=1013)
             return
-        await socket.accept()
-        client = hub.connect(socket.send_text, socket.close)
-        sender = asyncio.create_task(hub.sender(client))
-        try:
-            while True:
-                hub.handle(client, await socket.receive_text())
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            hub.disconnect(client)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
-            if socket.client_state is WebSocketState.CONNECTED and not rt.stopped:
-                with contextlib.suppress(Exception):
-                    await socket.close()
+        await session(socket, hub, cfg.server, rt.metrics.ws_refused, rt.log, lambda: rt.stopped)
 
     return app
+
+
+def _quoted(value: str, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

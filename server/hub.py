@@ -3,8 +3,10 @@
 - ``publish`` never blocks and never awaits: each client has a small ``deque`` that drops the
   oldest message when full (and counts what it dropped); the client's own sender task drains
   it, so a stalled client only ever loses its own messages.
-- Each message is encoded once for every client without a class filter; clients that filter
-  classes share one encoding per distinct filter.
+- Each message is encoded once for every client without a class filter. A class filter is
+  reduced to the classes present in the message first, so 1,000 clients with 1,000 different
+  filters still cost one or two encodings per message (usually: the whole message, or an empty
+  track list), not one per filter.
 - The latest message of every stream is kept (one per stream) as the snapshot of live tracks
   that a reconnecting client receives first.
 
@@ -16,6 +18,12 @@ Client protocol (JSON text frames)::
     <- {"op": "lost", "count": 12}              (messages dropped for this client)
     -> {"op": "ping"}   <- {"op": "pong"}
     <- {"op": "error", "error": "..."}          (malformed input; nothing else changes)
+
+``last_seq`` is the last ``seq`` a client saw per stream; it gets the snapshot of every stream
+whose latest ``seq`` differs (lower: it missed messages; higher: the server restarted and its
+counters began again). Lists are capped (``max_list`` stream ids, ``last_seq`` entries and
+classes, or twice the known classes): a subscription never costs more than the streams that
+can exist.
 """
 
 from __future__ import annotations
@@ -71,8 +79,10 @@ class Hub:
         class_names: Sequence[str],
         on_sent: Callable[[float], None] | None = None,
         on_lost: Callable[[int], None] | None = None,
+        max_list: int = 1024,
     ) -> None:
         self.queue_size = queue_size
+        self.max_list = max_list
         self.class_names = list(class_names)
         self.clients: set[Client] = set()
         self.latest: dict[str, Published] = {}
@@ -87,6 +97,7 @@ class Hub:
         if not self.clients:
             return
         full = msg.data.decode()
+        present: frozenset[int] | None = None
         filtered: dict[frozenset[int], str] = {}
         dropped = 0
         for c in self.clients:
@@ -95,9 +106,15 @@ class Hub:
             if c.classes is None:
                 dropped += c.enqueue(full, msg.arrival)
                 continue
-            text = filtered.get(c.classes)
+            if present is None:
+                present = frozenset(np.unique(msg.tracks.class_id).tolist())
+            key = present & c.classes  # what this filter keeps of this message
+            if key == present:
+                dropped += c.enqueue(full, msg.arrival)
+                continue
+            text = filtered.get(key)
             if text is None:
-                text = filtered[c.classes] = _encode_filtered(msg, c.classes)
+                text = filtered[key] = _encode_filtered(msg, key)
             dropped += c.enqueue(text, msg.arrival)
         if dropped and self._on_lost is not None:
             self._on_lost(dropped)  # counted when dropped, even while a sender is blocked
@@ -117,13 +134,15 @@ class Hub:
         self.clients.discard(client)
         client.wake.set()
 
-    def handle(self, client: Client, text: str) -> None:
+    def handle(self, client: Client, text: str) -> bool:
         """Apply one client message; its reply (and any snapshot) goes into the client's queue,
-        so replies and messages leave in order through the one sender."""
+        so replies and messages leave in order through the one sender. False if the message
+        was refused (the reply is then an ``{"op":"error"}``)."""
         reply, snapshot = self._apply(client, text)
         client.enqueue(reply, 0.0)
         for msg in snapshot:
             client.enqueue(self._text_for(client, msg), msg.arrival)
+        return not isinstance(reply, _ErrorReply)
 
     def _text_for(self, client: Client, msg: Published) -> str:
         if client.classes is None:
@@ -133,27 +152,34 @@ class Hub:
     def _apply(self, client: Client, text: str) -> tuple[str, list[Published]]:
         try:
             req = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error("message is not JSON"), []
+        except (ValueError, RecursionError):  # not JSON, a 5000-digit number, nested too deep
+            return _error("message is not JSON (or nests or counts too deep)"), []
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             return _error('expected an object with an "op" field'), []
         if req["op"] == "ping":
             return json.dumps({"op": "pong"}), []
         if req["op"] != "subscribe":
-            return _error(f"unknown op {req['op']!r} (use subscribe or ping)"), []
+            return _error(f"unknown op {_short(req['op'])} (use subscribe or ping)"), []
         streams = req.get("streams")
         classes = req.get("classes")
         last_seq = req.get("last_seq", {})
+        n = self.max_list
         if streams is not None and (
             not isinstance(streams, list) or not all(isinstance(s, str) for s in streams)
         ):
             return _error('"streams" must be a list of stream ids'), []
+        if streams is not None and len(streams) > n:
+            return _error(f'"streams" lists more than {n} ids'), []
         if classes is not None and not isinstance(classes, list):
             return _error('"classes" must be a list of class names or ids'), []
+        if classes is not None and len(classes) > max(n, 2 * len(self.class_names)):
+            return _error(f'"classes" lists more than {max(n, 2 * len(self.class_names))}'), []
         if not isinstance(last_seq, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in last_seq.values()
         ):
             return _error('"last_seq" must map stream ids to integers'), []
+        if len(last_seq) > n:
+            return _error(f'"last_seq" has more than {n} entries'), []
         class_ids: set[int] = set()
         for c in classes or []:
             if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(self.class_names):
@@ -161,7 +187,7 @@ class Hub:
             elif isinstance(c, str) and c in self.class_names:
                 class_ids.add(self.class_names.index(c))
             else:
-                return _error(f"unknown class {c!r}"), []
+                return _error(f"unknown class {_short(c)}"), []
         client.streams = None if streams is None else frozenset(streams)
         client.classes = None if classes is None else frozenset(class_ids)
         snapshot = []
@@ -169,7 +195,7 @@ class Hub:
             snapshot = [
                 msg
                 for stream, msg in sorted(self.latest.items())
-                if client.wants(stream) and msg.seq > last_seq.get(stream, -1)
+                if client.wants(stream) and msg.seq != last_seq.get(stream)
             ]
         reply = json.dumps(
             {
@@ -196,8 +222,18 @@ class Hub:
                     self._on_sent(time.time() - arrival)
 
 
+class _ErrorReply(str):
+    """An ``{"op":"error"}`` reply (a str, marked so ``handle`` can tell a refusal)."""
+
+
 def _error(message: str) -> str:
-    return json.dumps({"op": "error", "error": message})
+    return _ErrorReply(json.dumps({"op": "error", "error": message}))
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``repr`` of a client's value, cut to ``limit`` characters for an error reply."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _encode_filtered(msg: Published, classes: frozenset[int]) -> str:

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pipeline.live import LivePipeline, live_states
+from server.ws import REFUSAL_REASONS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -28,6 +29,7 @@ class _StreamCollector(Collector):
             "frames_dropped": "Frames replaced in the LATEST slot before inference (stale)",
             "frames_skipped": "Frames skipped by the per-stream inference rate",
             "reconnects": "Reconnections (stalls, errors, source ends)",
+            "decode_errors": "Decode errors FFmpeg reported (corrupt packets decoded past)",
             "errors": "Tracker, encoder or publish failures (caught at the stream's boundary)",
         }
         fams = {
@@ -48,6 +50,7 @@ class _StreamCollector(Collector):
                 "frames_dropped": s.slot.dropped,
                 "frames_skipped": s.gate.skipped,
                 "reconnects": s.reconnects,
+                "decode_errors": s.decode_errors,
                 "errors": p.errors(sid) if p is not None else 0,
             }
             for k, v in values.items():
@@ -94,12 +97,23 @@ class Metrics:
             "Messages dropped for slow clients",
             registry=self.registry,
         )
+        self._ws_refused = Counter(
+            "vigil_ws_refused_total",
+            "WebSocket client messages or connections refused, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REFUSAL_REASONS:
+            self._ws_refused.labels(reason)
         self.handoff_dropped = Counter(
             "vigil_handoff_dropped_total",
             "Messages dropped between the inference thread and the event loop",
             registry=self.registry,
         )
         self.registry.register(_StreamCollector(pipeline))
+
+    def ws_refused(self, reason: str) -> None:
+        self._ws_refused.labels(reason).inc()
 
     def observe_stage(self, stage: str, ms: float) -> None:
         self.stage.labels(stage).observe(ms / 1000.0)

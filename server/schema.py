@@ -43,3 +43,39 @@ def rest_model(cls: type, name: str) -> type[BaseModel]:
             spec[f.name] = (annotation, Field(f.default, **constraints))
     model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="forbid"), **spec)
     return model
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    """``/readyz``: 200 when ready, 503 (same body, with ``reason``) otherwise."""
+
+    ready: bool
+    model: dict[str, str]
+    reason: str | None = None
+
+
+class StreamStatus(BaseModel):
+    """One stream as ``GET /api/streams`` shows it. ``url`` never holds credentials (userinfo
+    and, unless ``server.redact_query`` is off, every query value are ``***``)."""
+
+    id: str
+    url: str
+    state: Literal["connecting", "live", "stalled", "reconnecting", "stopped", "failed"]
+    last_error: str | None
+    last_error_at: float | None
+    width: int
+    height: int
+    target_fps: float
+    decode_fps: float
+    infer_fps: float
+    frames_decoded: int
+    frames_inferred: int
+    drops: int
+    skipped: int
+    reconnects: int
+    decode_errors: int
+    errors: int
+    queue_depth: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import signal
 import socket
 from pathlib import Path
@@ -80,6 +81,7 @@ def serve(cfg: VigilConfig) -> int:
 
     from server.app import create_app
     from server.auth import ApiKeys
+    from server.http_guard import ThrottledLogFilter, guarded_protocol
 
     keys = ApiKeys(cfg.auth)
     if (
@@ -99,7 +101,9 @@ def serve(cfg: VigilConfig) -> int:
         host=cfg.server.host,
         port=cfg.server.port,
         loop="uvloop",
+        http=guarded_protocol(cfg.server.header_timeout_s),
         ws="websockets-sansio",
+        ws_max_size=cfg.server.ws_max_message_bytes,  # larger: closed with 1009, never read
         lifespan="on",
         access_log=False,  # query strings may hold a WebSocket token
         log_level="warning",
@@ -107,6 +111,7 @@ def serve(cfg: VigilConfig) -> int:
         ws_ping_timeout=cfg.server.ws_ping_timeout_s,
         timeout_graceful_shutdown=int(cfg.server.drain_timeout_s) + 5,
     )
+    logging.getLogger("uvicorn.error").addFilter(ThrottledLogFilter())
     server = _graceful_server(app, config)
     host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
     base = f"{host}:{cfg.server.port}"

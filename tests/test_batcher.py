@@ -18,13 +18,52 @@ def _frame(i: int, t: float, sid: str = "s") -> Frame:
 def test_latest_slot_keeps_newest_and_counts_drops() -> None:
     cond = threading.Condition()
     slot = LatestSlot(cond)
-    assert slot.take() is None and slot.peek_arrival() is None and slot.depth == 0
+    assert slot.take() is None and slot.ready_since() is None and slot.depth == 0
     for i in range(5):
         slot.put(_frame(i, float(i)))
     assert slot.depth == 1 and slot.dropped == 4 and slot.accepted == 5
     f = slot.take()
     assert f is not None and f.index == 4
     assert slot.take() is None
+
+
+def test_a_fast_stream_keeps_its_place_in_the_batch_deadline() -> None:
+    """A stream that replaces its frame every 2 ms must still come due: readiness is when the
+    slot filled, not the arrival of the frame it holds now (that was the starvation bug)."""
+    cond = threading.Condition()
+    slot = LatestSlot(cond)
+    batcher = CrossStreamBatcher(max_batch=8, max_wait_ms=15)
+    notified = []
+    real = cond.notify
+    cond.notify = lambda n=1: (notified.append(1), real(n))  # type: ignore[method-assign]
+    for i in range(20):
+        t = 100.0 + i * 0.002
+        slot.put(_frame(i, t), now=t)
+        assert slot.ready_since() == 100.0  # when the slot filled
+        decision = batcher.decide(1, slot.ready_since(), now=t)
+    assert decision.emit  # 38 ms after the slot filled: due, however often it was replaced
+    assert len(notified) == 1  # the consumer is woken on the empty -> full edge only
+    assert slot.take() is not None and slot.ready_since() is None
+
+
+def test_put_when_free_parks_one_frame_and_waits_for_the_consumer() -> None:
+    slot = LatestSlot()
+    assert slot.put_when_free(_frame(0, 0.0), timeout=0.1)  # held
+    assert slot.put_when_free(_frame(1, 1.0), timeout=0.1) and slot.depth == 2  # parked
+    assert not slot.put_when_free(_frame(2, 2.0), timeout=0.05)  # both places taken: gives up
+    done: list[bool] = []
+    t = threading.Thread(target=lambda: done.append(slot.put_when_free(_frame(2, 2.0), 30.0)))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and slot.dropped == 0  # waits instead of replacing
+    first = slot.take()
+    assert first is not None and first.index == 0
+    assert slot.ready_since() is not None  # the parked frame moved in at once: ready again
+    t.join(5)
+    assert done == [True]
+    got = [slot.take(), slot.take(), slot.take()]
+    assert [f.index for f in got if f is not None] == [1, 2] and got[2] is None
+    assert slot.dropped == 0 and slot.accepted == 3 and slot.depth == 0
 
 
 def test_latest_slot_memory_is_one_frame_over_thousands() -> None:

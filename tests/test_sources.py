@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.sources import FFmpegSource, redact
+from pipeline.credentials import has_secrets, public_url, scrub, url_secrets
+from pipeline.sources import FFmpegSource, _concat_script, redact
 from pipeline.types import VigilError
 
 
@@ -75,6 +76,27 @@ def test_dead_rtsp_url_fails_fast_with_redacted_credentials() -> None:
 def test_redact() -> None:
     assert redact("rtsp://u:p@h/x and rtsps://k@h2") == "rtsp://***@h/x and rtsps://***@h2"
     assert redact("rtsp://h/x") == "rtsp://h/x"
+    assert redact("rtsp://a:p@ss@h/x?token=t0k&ch=1") == "rtsp://***@h/x?token=***&ch=1"
+
+
+def test_public_url_masks_the_whole_query_and_secrets_are_found() -> None:
+    url = "rtsp://admin:pa%40ss@10.0.0.7/s?Token=t0ken&channel=2"
+    assert public_url(url) == "rtsp://***@10.0.0.7/s?Token=***&channel=***"
+    assert public_url(url, mask_query=False) == "rtsp://***@10.0.0.7/s?Token=***&channel=2"
+    assert set(url_secrets(url)) == {"admin", "pa%40ss", "pa@ss", "t0ken"}
+    line = "Impossible to open 'x': user admin, password pa@ss refused"
+    assert scrub(line, url_secrets(url)) == "Impossible to open 'x': user ***, password *** refused"
+    assert has_secrets(url) and has_secrets("http://h/x?sig=abc") and not has_secrets("rtsp://h/x")
+    assert public_url("clip.mp4") == "clip.mp4"
+
+
+def test_the_ffconcat_script_quotes_the_url_and_refuses_line_breaks() -> None:
+    script = _concat_script("rtsp://u:it's@h/x", {"rtsp_transport": "tcp"}).decode()
+    assert script.splitlines() == [
+        "ffconcat version 1.0", "file 'rtsp://u:it'\\''s@h/x'", "option rtsp_transport tcp",
+    ]  # fmt: skip
+    with pytest.raises(VigilError, match="control characters"):
+        _concat_script("rtsp://u:p@h/x\nfile 'file:/etc/passwd'", {})
 
 
 def test_missing_ffmpeg_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
