@@ -41,10 +41,12 @@ def _progress(total: int | None, quiet: bool, desc: str) -> Any:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.config import load_rules
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
 
     cfg = _config(args)
+    rules = load_rules(args.analytics, args.stream_id) if args.analytics else None
     source = FFmpegSource(
         args.source,
         stream_id=args.stream_id,
@@ -53,7 +55,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rtsp_transport=cfg.source.rtsp_transport,
         timeout_s=cfg.source.timeout_s,
     )
-    replay = Replay(source, cfg, args.out)
+    replay = Replay(source, cfg, args.out, rules=rules)
     total = source.info.frame_count
     if args.max_frames and total:
         total = min(total, args.max_frames)
@@ -69,8 +71,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     if summary["decode_errors"]:
         print(f"decoder reported {summary['decode_errors']} errors (decoded past them)")
-    print(f"results: {args.out}/tracks.txt, messages.jsonl, summary.json")
+    extra = ""
+    if rules is not None:
+        extra = ", events.jsonl, counts.json"
+        print(f"{summary['events']} events; counts: {_counts_line(args.out / 'counts.json')}")
+    print(f"results: {args.out}/tracks.txt, messages.jsonl, summary.json{extra}")
     return 0
+
+
+def _counts_line(path: Path) -> str:
+    """One line of a replay's counts: ``line in/out``, ``zone entered/exited`` (all classes)."""
+    counts = json.loads(path.read_text())
+    parts = [
+        f"{rule} in {sum(c['in'].values())} / out {sum(c['out'].values())}"
+        for rule, c in counts["lines"].items()
+    ] + [
+        f"{rule} entered {sum(c['entered'].values()) + sum(c['spawned'].values())} / "
+        f"exited {sum(c['exited'].values())}"
+        for rule, c in counts["zones"].items()
+    ]
+    return "; ".join(parts) or "no rules"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -160,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(rp)
     rp.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
     rp.add_argument("--stream-id", default="replay", help="stream name in messages")
+    rp.add_argument(
+        "--analytics", type=Path, help="YAML of lines/zones: also write events.jsonl, counts.json"
+    )
     rp.set_defaults(func=cmd_replay)
 
     ev = sub.add_parser("eval", help="replay MOTChallenge sequences and score them")

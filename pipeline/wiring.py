@@ -1,4 +1,5 @@
-"""Wiring: the one place that turns configuration into a detector, an embedder and a tracker.
+"""Wiring: the one place that turns configuration into a detector, an embedder, a tracker and a
+stream's analytics.
 
 Everything that runs a model (replay, the live server, evaluation, benchmarks, the toolchain's
 report) resolves it here, so ``--model NAME``, a pinned ``NAME@1.2.0``, a manifest path and a
@@ -7,15 +8,17 @@ bare ONNX file mean the same thing everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from analytics.stream import StreamAnalytics
 from models.classes import COCO_NAMES
 from models.detector import create_detector
 from models.manifest import ModelManifest, sha256_file
 from models.registry import is_reference, resolve
 from models.reid import Embedder, create_embedder
-from pipeline.config import ModelConfig, TrackerConfig, VigilConfig, resolve_path
+from pipeline.config import ModelConfig, StreamConfig, TrackerConfig, VigilConfig, resolve_path
 from pipeline.engine import Engine, ModelInfo, class_filter
 from pipeline.types import VigilError
 from trackers.base import Tracker
@@ -67,6 +70,16 @@ def build_tracker(tracker: TrackerConfig) -> Tracker:
     if tracker.name not in TRACKERS:
         raise VigilError(f"unknown tracker {tracker.name!r} (choose {', '.join(TRACKERS)})")
     return create_tracker(tracker.name, tracker.params())
+
+
+def build_analytics(
+    cfg: VigilConfig, stream: StreamConfig, class_names: Sequence[str], live: bool
+) -> StreamAnalytics:
+    """A fresh analytics state for one stream: its lines, zones and camera-health checks (the
+    drift check only ``live``). VigilError names a rule whose classes the model does not know."""
+    return StreamAnalytics(
+        stream.id, class_names, cfg.analytics, stream.lines, stream.zones, stream.health, live
+    )
 
 
 def build_embedder(cfg: VigilConfig) -> Embedder | None:

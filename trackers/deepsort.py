@@ -118,4 +118,5 @@ class DeepSortTracker:
             det_index=det_index,
             frame_index=frame_index,
             pts=pts,
+            confirmed=np.fromiter((t.is_confirmed() for t in reported), bool, len(reported)),
         )
