@@ -74,6 +74,9 @@ class Server:
 def serve(config: dict[str, Any], tmp: Path) -> Iterator[Server]:
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
+    # the event database goes beside the config, not into the working directory
+    events = {"path": str(tmp / f"events-{port}.db"), **config.get("events", {})}
+    config["events"] = events
     path = tmp / f"serve-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -198,8 +198,8 @@ class MqttConfig:
     keepalive_s: int = bounded(30, 5, 3600)
     queue: int = bounded(10_000, 1, 10_000_000)  # events held while the broker is away
     inflight: int = bounded(100, 1, 65535)  # published, not yet acknowledged
-    backoff_initial_s: float = bounded(0.5, 0.05, 60.0)  # reconnection delays, doubling
-    backoff_max_s: float = bounded(30.0, 0.1, 3600.0)
+    backoff_initial_s: int = bounded(1, 1, 60)  # reconnection delays (whole s), doubling
+    backoff_max_s: int = bounded(30, 1, 3600)
     counts_interval_s: float = bounded(1.0, 0.1, 3600.0)  # how often changed counts are sent
     kinds: tuple[str, ...] = field(default=(), metadata={"each_of": EVENT_KINDS})  # empty: all
 

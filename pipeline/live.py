@@ -19,15 +19,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+from analytics.rules import LineRule, ZoneRule
+from analytics.stream import StreamAnalytics
 from pipeline.batcher import Backoff, CrossStreamBatcher
 from pipeline.config import StreamConfig, VigilConfig
 from pipeline.engine import Engine
 from pipeline.live_source import LiveStream, StreamState
 from pipeline.live_step import Published, StepGuard, StreamRuntime, run_step
 from pipeline.types import Frame, VigilError
-from pipeline.wiring import build_engine, build_tracker
+from pipeline.wiring import build_analytics, build_engine, build_tracker
 
 
 class LivePipeline:
@@ -68,7 +71,10 @@ class LivePipeline:
 
     # -- streams ------------------------------------------------------------------------
     def add_stream(self, spec: StreamConfig, url: str | None = None) -> LiveStream:
-        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``)."""
+        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``). VigilError if
+        the id is taken, the limit reached, or a rule names a class the model does not know."""
+        names = self.engine.info.class_names
+        analytics = build_analytics(self.cfg, spec, names, live=True)
         with self._lock:
             if spec.id in self._streams:
                 raise VigilError(f"stream {spec.id!r} already exists")
@@ -84,7 +90,8 @@ class LivePipeline:
                 backoff=Backoff(s.backoff_initial_s, s.backoff_max_s),
                 allow_http=self.cfg.server.allow_http,
             )
-            self._streams[spec.id] = StreamRuntime(stream, build_tracker(self.cfg.tracker))
+            tracker = build_tracker(self.cfg.tracker)
+            self._streams[spec.id] = StreamRuntime(stream, tracker, analytics)
         stream.start()
         return stream
 
@@ -104,6 +111,25 @@ class LivePipeline:
         with self._lock:
             st = self._streams.get(stream_id)
         return None if st is None else st.stream
+
+    def analytics(self, stream_id: str) -> StreamAnalytics | None:
+        with self._lock:
+            st = self._streams.get(stream_id)
+        return None if st is None else st.analytics
+
+    def set_rules(
+        self, stream_id: str, lines: tuple[LineRule, ...], zones: tuple[ZoneRule, ...]
+    ) -> StreamConfig:
+        """Replace a stream's lines and zones while it runs (applied from its next frame);
+        returns its updated spec. KeyError for an unknown stream; VigilError for bad rules."""
+        with self._lock:
+            st = self._streams.get(stream_id)
+            if st is None or st.analytics is None:
+                raise KeyError(stream_id)
+            st.analytics.set_rules(lines, zones)
+            st.stream.spec = replace(st.stream.spec, lines=lines, zones=zones)
+            spec: StreamConfig = st.stream.spec
+        return spec
 
     def errors(self, stream_id: str) -> int:
         """Tracker/encoder/publish failures of the stream so far."""
