@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -68,13 +69,20 @@ def _row(e: Event, data: bytes) -> Row:
             e.dwell_s, e.count, data.decode())  # fmt: skip
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).lower()
-    if "locked" in text or "busy" in text:
+def _reason(exc: sqlite3.Error, folder: Path) -> str:
+    """``locked``, ``full`` or ``io`` (any other database or file error). SQLite reports a full
+    file system as SQLITE_FULL or, when a WAL or shared-memory file cannot grow, as an I/O
+    error: the free space tells those apart."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc):
         return "locked"
-    if "full" in text:
+    if name.startswith("SQLITE_FULL"):
         return "full"
-    return "io"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "io"
+    return "full" if free < 1024 * 1024 else "io"
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ class EventStore:
         self.size_bytes = 0
         self.deleted = 0
         self._stop = threading.Event()
+        self._db: sqlite3.Connection | None = None
         self._thread = threading.Thread(target=self._run, name="vigil-event-store", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -191,7 +200,7 @@ class EventStore:
 
     # -- the writer thread -------------------------------------------------------------------
     def _run(self) -> None:
-        db: sqlite3.Connection | None = None
+        db, self._db = self._db, None
         delay = 0.0
         next_retention = time.monotonic()
         try:
@@ -222,7 +231,7 @@ class EventStore:
                 db.close()
 
     def _failed(self, exc: sqlite3.Error, delay: float) -> float:
-        reason = _reason(exc)
+        reason = _reason(exc, self.path.parent)
         self.errors[reason] = self.errors.get(reason, 0) + 1
         self.last_error = f"{reason}: {exc}"[:300]
         self._log(f"events:{reason}", f"vigil: event store {self.path}: {self.last_error} "
@@ -246,7 +255,9 @@ class EventStore:
                     (max(1, n // 10),),
                 )
                 self.deleted += cur.rowcount
-        db.execute("PRAGMA incremental_vacuum")
+        db.executescript(
+            "PRAGMA incremental_vacuum;"
+        )  # stepped to the end (execute stops at one page)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.size_bytes = self._used_bytes(db)
 
