@@ -48,7 +48,7 @@ replay: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server benchmarks cli
+	$(VENV)/bin/mypy pipeline models trackers analytics evaluation toolchain server benchmarks cli
 	$(PY) -m pytest -q
 
 # The full side-by-side benchmark (figures, not pass/fail). Uses ../shared/data when present.
@@ -62,7 +62,7 @@ lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 typecheck:
-	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server benchmarks cli
+	$(VENV)/bin/mypy pipeline models trackers analytics evaluation toolchain server benchmarks cli
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

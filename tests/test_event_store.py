@@ -167,24 +167,28 @@ def test_a_crash_mid_write_never_corrupts_the_file(tmp_path: Path) -> None:
     for attempt in range(3):
         folder = tmp_path / f"run{attempt}"
         folder.mkdir()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CRASH.format(repo=str(REPO)), str(folder)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "writing"
-        time.sleep(0.2 * attempt)
-        proc.send_signal(signal.SIGKILL)  # no clean shutdown of any kind
-        proc.wait()
-        db = sqlite3.connect(folder / "events.db")
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        n, seqs = db.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM events").fetchone()
-        assert n > 0 and n == seqs
-        db.close()
-        store = _store(folder)  # and it opens again and carries on
-        _publish(store, _events(10, start=10**6))
-        wait_until(lambda s=store: s.written == 10, 20, "written after the crash")
-        store.close()
+        _crash_and_reopen(folder, 0.2 * attempt)
+
+
+def _crash_and_reopen(folder: Path, after_s: float) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH.format(repo=str(REPO)), str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "writing"
+    time.sleep(after_s)  # a little later each time: killed at different points of a write
+    proc.send_signal(signal.SIGKILL)  # no clean shutdown of any kind
+    proc.wait()
+    db = sqlite3.connect(folder / "events.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    n, ids = db.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM events").fetchone()
+    assert n > 0 and n == ids
+    db.close()
+    store = _store(folder)  # and it opens again and carries on
+    _publish(store, _events(10, start=10**6))
+    wait_until(lambda: store.written == 10, 20, "written after the crash")
+    store.close()
 
 
 def test_retention_by_age_and_size(tmp_path: Path) -> None:
