@@ -118,12 +118,10 @@ def _crud(
             raise HTTPException(404, f"stream {stream_id!r} has no {kind[:-1]} {rule_id!r}")
         return rules, at
 
-    @router.get(f"/{kind}", dependencies=reads, name=f"list {kind}")
     async def list_rules(stream_id: str) -> list[dict[str, Any]]:
         return [rule_dict(r) for r in current(stream_id)[index]]
 
-    @router.post(f"/{kind}", status_code=201, dependencies=changes, name=f"create {kind[:-1]}")
-    async def create(stream_id: str, body: model) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def create(stream_id: str, body: BaseModel) -> dict[str, Any]:
         rule = _parse(cls, body)
         lines, zones = current(stream_id)
         if rule.id in [r.id for r in lines] + [r.id for r in zones]:
@@ -131,13 +129,11 @@ def _crud(
         replaced(stream_id, (*(lines, zones)[index], rule))
         return rule_dict(rule)
 
-    @router.get(f"/{kind}/{{rule_id}}", dependencies=reads, name=f"get {kind[:-1]}")
     async def get(stream_id: str, rule_id: str) -> dict[str, Any]:
         rules, at = find(stream_id, rule_id)
         return rule_dict(rules[at])
 
-    @router.put(f"/{kind}/{{rule_id}}", dependencies=changes, name=f"replace {kind[:-1]}")
-    async def replace(stream_id: str, rule_id: str, body: model) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def replace(stream_id: str, rule_id: str, body: BaseModel) -> dict[str, Any]:
         rule = _parse(cls, body)
         if rule.id != rule_id:
             raise HTTPException(422, f"the body's id {rule.id!r} is not {rule_id!r}")
@@ -145,9 +141,16 @@ def _crud(
         replaced(stream_id, (*rules[:at], rule, *rules[at + 1 :]))
         return rule_dict(rule)
 
-    @router.delete(f"/{kind}/{{rule_id}}", status_code=204, dependencies=changes,
-                   name=f"delete {kind[:-1]}")  # fmt: skip
     async def delete(stream_id: str, rule_id: str) -> Response:
         rules, at = find(stream_id, rule_id)
         replaced(stream_id, (*rules[:at], *rules[at + 1 :]))
         return Response(status_code=204)
+
+    # The body's model is built at run time: give FastAPI the class, not a name to look up.
+    create.__annotations__["body"] = replace.__annotations__["body"] = model
+    one = f"/{kind}/{{rule_id}}"
+    router.get(f"/{kind}", dependencies=reads, name=f"list {kind}")(list_rules)
+    router.post(f"/{kind}", status_code=201, dependencies=changes, name=f"create {kind}")(create)
+    router.get(one, dependencies=reads, name=f"get {kind}")(get)
+    router.put(one, dependencies=changes, name=f"replace {kind}")(replace)
+    router.delete(one, status_code=204, dependencies=changes, name=f"delete {kind}")(delete)
