@@ -95,13 +95,18 @@ def _counts_line(path: Path) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.mot import format_table, replay_sequences, score_sequences
+    from pipeline.config import load_rules
 
     cfg = _config(args)
+    rules = load_rules(args.analytics) if args.analytics else None
     per_seq, replays = replay_sequences(
-        cfg, args.sequences, args.out, progress=lambda n, name: _progress(n, args.quiet, name)
-    )
+        cfg, args.sequences, args.out, progress=lambda n, name: _progress(n, args.quiet, name),
+        rules=rules,
+    )  # fmt: skip
     table = score_sequences(per_seq)
     print(format_table(table))
+    if rules is not None:
+        _eval_counting(args.sequences, args.out, rules, replays)
     result = {
         "metrics": table,
         "replay": {s: {"fps": r["fps"], "stages_ms": r["stages_ms"]} for s, r in replays.items()},
@@ -112,6 +117,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     (args.out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"metrics: {args.out}/metrics.json")
     return 0
+
+
+def _eval_counting(sequences: list[Path], out: Path, rules: Any, replays: dict[str, Any]) -> None:
+    """Line counts of each replay against those derived from its ground truth."""
+    from evaluation.counting import compare, format_counting, gt_line_counts, replay_line_counts
+    from evaluation.mot import load_mot, read_sequence
+
+    per_seq = {}
+    for path in sequences:
+        seq = read_sequence(path)
+        summary = replays[seq.name]
+        gt = load_mot(seq.path / "gt" / "gt.txt", keep_zero_conf=False)
+        size = (summary["width"], summary["height"])
+        truth = gt_line_counts(gt, size, rules.lines)
+        naive = gt_line_counts(load_mot(out / seq.name / "tracks.txt"), size, rules.lines)
+        vigil = replay_line_counts(out / seq.name / "counts.json")
+        per_seq[seq.name] = compare(truth, vigil, naive)
+    print(format_counting(per_seq))
+    (out / "counting.json").write_text(json.dumps(per_seq, indent=1) + "\n")
+    print(f"counting: {out}/counting.json")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -188,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="replay MOTChallenge sequences and score them")
     ev.add_argument("sequences", nargs="+", type=Path, help="sequence folders")
     common(ev)
+    ev.add_argument(
+        "--analytics", type=Path,
+        help="YAML of lines: also compare line counts with those of the ground truth",
+    )  # fmt: skip
     ev.set_defaults(func=cmd_eval)
 
     bn = sub.add_parser("bench", help="stage, replay, baseline and live-capacity benchmarks")
