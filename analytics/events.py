@@ -40,9 +40,10 @@ EVENT_KINDS = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One analytics event (see the module docstring for the fields' meaning)."""
+    """One analytics event (see the module docstring for the fields' meaning). Built by the
+    analytics and numbered (``seq``) before they hand it out; treat it as read-only after."""
 
     kind: str
     stream: str

@@ -91,24 +91,24 @@ class Recent:
             return False
         pos = np.minimum(np.searchsorted(table.ids, ids), len(table) - 1)
         alive = (ids >= 0) & (table.ids[pos] == ids)
-        first, first_box = self.first[r], self.first_box[r]
+        first = self.first[r]
         last = np.where(alive, o.last[pos], self.last[r])
-        last_box = np.where(alive[:, None], o.box[pos], self.last_box[r])
         nobs = np.where(alive, o.nobs[pos], self.nobs[r])
-        me_first, me_last, me_box = o.first[k], o.last[k], o.box[k]
+        me_first, me_last = o.first[k], o.last[k]
         joint = np.maximum(last, me_last) - np.minimum(first, me_first) + 1
-        never_together = nobs + o.nobs[k] <= joint
-        before = last < me_first  # the other ended before this one began
-        after = me_last < first  # ...or began after this one ended
-        continues = (
-            np.where(
-                before,
-                _iou(last_box, o.first_box[k]),
-                np.where(after, _iou(first_box, me_box), _iou(last_box, me_box)),
-            )
-            >= SAME_PLACE_IOU
+        candidate &= nobs + o.nobs[k] <= joint  # never reported in the same frame
+        if not candidate.any():  # the usual case: the other tracks were seen alongside
+            return False
+        idx = np.flatnonzero(candidate)
+        last_box = np.where(alive[idx, None], o.box[pos[idx]], self.last_box[r, idx])
+        before = last[idx] < me_first  # the other ended before this one began
+        after = me_last < first[idx]  # ...or began after this one ended
+        continues = np.where(
+            before,
+            _iou(last_box, o.first_box[k]),
+            np.where(after, _iou(self.first_box[r, idx], o.box[k]), _iou(last_box, o.box[k])),
         )
-        return bool(np.any(candidate & never_together & continues))
+        return bool(np.any(continues >= SAME_PLACE_IOU))
 
     def add(self, r: int, k: int, d: int, pts: float, o: Observation, table: Table) -> None:
         i = self.next[r] % RECENT

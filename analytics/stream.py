@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 
@@ -217,7 +216,8 @@ class StreamAnalytics:
     def _publish(self, events: list[Event]) -> list[Event]:
         if not events:
             return events
-        out = [replace(e, seq=self._seq + i) for i, e in enumerate(events)]  # events, not tracks
-        self._seq += len(out)
-        self.counts.add(out)
-        return out
+        for e in events:  # events, not tracks
+            e.seq = self._seq
+            self._seq += 1
+        self.counts.add(events)
+        return events

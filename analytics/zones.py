@@ -21,7 +21,6 @@ run's first observation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 
@@ -127,17 +126,24 @@ class ZoneSet(RuleSet):
         for k, z in zip(*np.nonzero(enter | leave), strict=True):  # events, not tracks
             c = int(cls[k])
             when = float(zf[k, z, RUN_PTS])
-            ev = Event(
-                ZONE_ENTER, at.stream, int(zi[k, z, RUN_FRAME]), when, float(zf[k, z, RUN_TS]),
-                rule=self.rules[z].id, track=int(t.ids[k]), class_id=c, class_name=self.name(c),
-                box=box_tuple(boxes[k, z]),
-            )  # fmt: skip
-            if enter[k, z]:
-                kind = ZONE_SPAWN if zb[k, z, FIRST] else ZONE_ENTER
-                events.append(replace(ev, kind=kind))
-            else:
-                dwell = when - float(zf[k, z, ENTRY])
-                events.append(replace(ev, kind=ZONE_EXIT, dwell_s=dwell, reason="left"))
+            entering = bool(enter[k, z])
+            kind = (ZONE_SPAWN if zb[k, z, FIRST] else ZONE_ENTER) if entering else ZONE_EXIT
+            events.append(
+                Event(
+                    kind,
+                    at.stream,
+                    int(zi[k, z, RUN_FRAME]),
+                    when,
+                    float(zf[k, z, RUN_TS]),
+                    rule=self.rules[z].id,
+                    track=int(t.ids[k]),
+                    class_id=c,
+                    class_name=self.name(c),
+                    box=box_tuple(boxes[k, z]),
+                    dwell_s=None if entering else when - float(zf[k, z, ENTRY]),
+                    reason=None if entering else "left",
+                )
+            )
         np.copyto(zf[..., ENTRY], zf[..., RUN_PTS], where=enter)
         np.copyto(zb[..., LOITERED], False, where=enter)
         return events
