@@ -190,3 +190,46 @@ def test_webhook_refusals_are_dropped_and_a_dead_endpoint_is_bounded(receiver: A
         assert stats.queue == 10 and stats.dropped == 15 and not stats.connected
     finally:
         dead.close(0.5)
+
+
+def test_mqtt_over_tls_with_a_password(tmp_path: Path) -> None:
+    """A broker that wants TLS and a login: the right password delivers, a wrong one is counted
+    and retried, and no password reaches a log line."""
+    from benchmarks.mqtt_broker import self_signed
+
+    if mosquitto_path() is None:
+        pytest.fail("mosquitto is not installed: `make install` installs it")
+    ca, cert, key = self_signed(tmp_path / "tls")
+    (tmp_path / "secret").write_text("right-password-123\n")
+    broker = Mosquitto(tmp_path / "broker", users={"vigil": "right-password-123"},
+                       tls=(ca, cert, key)).start()  # fmt: skip
+    log: list[str] = []
+    common = {"enabled": True, "port": broker.port, "tls": True, "ca_file": str(ca),
+              "username": "vigil", "backoff_initial_s": 1, "backoff_max_s": 1}  # fmt: skip
+    good = MqttSink(MqttConfig(**common, password_file=str(tmp_path / "secret")), dict,
+                    lambda _k, line: log.append(line))  # fmt: skip
+    bad = MqttSink(MqttConfig(**common, password="wrong-password-456", client_id="bad"), dict,
+                   lambda _k, line: log.append(line))  # fmt: skip
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-sub")
+    got: list[bytes] = []
+    sub.on_message = lambda _c, _u, m: got.append(m.payload)
+    sub.tls_set(ca_certs=str(ca))
+    sub.username_pw_set("vigil", "right-password-123")
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("vigil/cam/events", qos=1)
+    sub.loop_start()
+    try:
+        good.start()
+        bad.start()
+        wait_until(lambda: good.stats().connected, 20, "TLS login")
+        good.publish(*_events(range(5)))
+        wait_until(lambda: len(got) == 5, 20, "events over TLS")
+        wait_until(lambda: bad.stats().errors >= 2, 20, "the refused login counted")
+        assert not bad.stats().connected
+    finally:
+        for sink in (good, bad):
+            sink.close(2.0)
+        sub.loop_stop()
+        broker.stop()
+    assert any("connection refused" in line or "lost" in line for line in log)
+    assert not any("password" in line for line in log)
