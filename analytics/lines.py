@@ -34,7 +34,7 @@ import numpy as np
 
 from analytics.events import LINE_CROSS, Event
 from analytics.geometry import anchor_points, cross, paths_hit_segments
-from analytics.rulebase import Moment, Observation, RuleSet, box_tuple, scale
+from analytics.rulebase import Moment, Observation, RuleSet, scale
 from analytics.rules import LineRule
 from analytics.table import Table
 
@@ -80,42 +80,59 @@ class Recent:
             getattr(new, name)[src] = getattr(self, name)[keep[src]]
         return new
 
-    def is_switch(self, r: int, k: int, d: int, pts: float, window: float, o: Observation,
-                  table: Table) -> bool:  # fmt: skip
-        """Whether line ``r``'s crossing by table row ``k`` repeats a recent one by a track it
-        took over from (or that took over from it): see the module docstring."""
-        ids = self.id[r]
-        candidate = (ids >= 0) & (ids != table.ids[k]) & (self.dir[r] == d)
-        candidate &= np.abs(self.pts[r] - pts) <= window
+    def switches(
+        self, ks: np.ndarray, rs: np.ndarray, ds: np.ndarray, pts: np.ndarray,
+        windows: np.ndarray, o: Observation, table: Table,
+    ) -> np.ndarray:  # fmt: skip
+        """``(E,) bool``: whether the crossing of line ``rs[e]`` by table row ``ks[e]`` repeats a
+        recent one by a track it took over from (or that took over from it): see the module
+        docstring. Checked against every remembered crossing of those lines at once."""
+        ids = self.id[rs]  # (E, S)
+        me = table.ids[ks]
+        candidate = (ids >= 0) & (ids != me[:, None]) & (self.dir[rs] == ds[:, None])
+        candidate &= np.abs(self.pts[rs] - pts[:, None]) <= windows[:, None]
         if not candidate.any():
-            return False
-        pos = np.minimum(np.searchsorted(table.ids, ids), len(table) - 1)
-        alive = (ids >= 0) & (table.ids[pos] == ids)
-        first = self.first[r]
-        last = np.where(alive, o.last[pos], self.last[r])
-        nobs = np.where(alive, o.nobs[pos], self.nobs[r])
+            return np.zeros(len(ks), bool)
+        e, slot = np.nonzero(candidate)
+        r, other = rs[e], ids[e, slot]
+        pos = np.minimum(np.searchsorted(table.ids, other), len(table) - 1)
+        alive = table.ids[pos] == other
+        first = self.first[r, slot]
+        last = np.where(alive, o.last[pos], self.last[r, slot])
+        nobs = np.where(alive, o.nobs[pos], self.nobs[r, slot])
+        k = ks[e]
         me_first, me_last = o.first[k], o.last[k]
         joint = np.maximum(last, me_last) - np.minimum(first, me_first) + 1
-        candidate &= nobs + o.nobs[k] <= joint  # never reported in the same frame
-        if not candidate.any():  # the usual case: the other tracks were seen alongside
-            return False
-        idx = np.flatnonzero(candidate)
-        last_box = np.where(alive[idx, None], o.box[pos[idx]], self.last_box[r, idx])
-        before = last[idx] < me_first  # the other ended before this one began
-        after = me_last < first[idx]  # ...or began after this one ended
-        continues = np.where(
-            before,
-            _iou(last_box, o.first_box[k]),
-            np.where(after, _iou(self.first_box[r, idx], o.box[k]), _iou(last_box, o.box[k])),
+        apart = nobs + o.nobs[k] <= joint  # never reported in the same frame
+        last_box = np.where(alive[:, None], o.box[pos], self.last_box[r, slot])
+        before = last < me_first  # the other ended before this one began
+        after = me_last < first  # ...or began after this one ended
+        continues = (
+            np.where(
+                before,
+                _iou(last_box, o.first_box[k]),
+                np.where(after, _iou(self.first_box[r, slot], o.box[k]), _iou(last_box, o.box[k])),
+            )
+            >= SAME_PLACE_IOU
         )
-        return bool(np.any(continues >= SAME_PLACE_IOU))
+        out = np.zeros(len(ks), bool)
+        out[e[apart & continues]] = True
+        return out
 
-    def add(self, r: int, k: int, d: int, pts: float, o: Observation, table: Table) -> None:
-        i = self.next[r] % RECENT
-        self.id[r, i], self.dir[r, i], self.pts[r, i] = table.ids[k], d, pts
-        self.first[r, i], self.first_box[r, i] = o.first[k], o.first_box[k]
-        self.last[r, i], self.last_box[r, i], self.nobs[r, i] = o.last[k], o.box[k], o.nobs[k]
-        self.next[r] += 1
+    def add(
+        self, ks: np.ndarray, rs: np.ndarray, ds: np.ndarray, pts: np.ndarray, o: Observation,
+        table: Table,
+    ) -> None:  # fmt: skip
+        """Remember counted crossings (several may share a line: they take consecutive slots)."""
+        order = np.argsort(rs, kind="stable")
+        ks, rs, ds, pts = ks[order], rs[order], ds[order], pts[order]
+        starts = np.searchsorted(rs, rs)  # the first event of each one's line
+        slot = (self.next[rs] + np.arange(len(rs)) - starts) % RECENT
+        self.id[rs, slot], self.dir[rs, slot], self.pts[rs, slot] = table.ids[ks], ds, pts
+        self.first[rs, slot], self.first_box[rs, slot] = o.first[ks], o.first_box[ks]
+        self.last[rs, slot], self.last_box[rs, slot] = o.last[ks], o.box[ks]
+        self.nobs[rs, slot] = o.nobs[ks]
+        np.add.at(self.next, rs, 1)
 
     def ended(self, ids: np.ndarray, o: Observation) -> None:
         """Tracks ``ids`` (rows where ``o.obs``) ended: freeze their last tick, box and count."""
@@ -232,27 +249,26 @@ class LineSet(RuleSet):
             fire = ready & (when - last >= self._cooldown)
         np.copyto(lf[..., LAST_IN], when, where=fire & going_in)
         np.copyto(lf[..., LAST_OUT], when, where=fire & ~going_in)
-        events = []
-        for k, r in zip(*np.nonzero(fire), strict=True):  # events, not tracks: a few per frame
-            c, d, when_kr = int(o.cls[k]), int(pend[k, r]), float(when[k, r])
-            if self.recent.is_switch(r, k, d, when_kr, float(self._cooldown[r]), o, t):
-                continue
-            self.recent.add(r, k, d, when_kr, o, t)
-            events.append(
-                Event(
-                    LINE_CROSS,
-                    at.stream,
-                    int(li[k, r, FRAME]),
-                    when_kr,
-                    float(lf[k, r, TS]),
-                    rule=self.rules[r].id,
-                    track=int(t.ids[k]),
-                    class_id=c,
-                    class_name=self.name(c),
-                    direction="in" if d == 1 else "out",
-                    box=box_tuple(t["l_box"][k, r]),
-                )
-            )
+        ks, rs = np.nonzero(fire)
+        events: list[Event] = []
+        if len(ks):
+            ds, times = pend[ks, rs], when[ks, rs]
+            keep = ~self.recent.switches(ks, rs, ds, times, self._cooldown[rs], o, t)
+            ks, rs, ds, times = ks[keep], rs[keep], ds[keep], times[keep]
+            self.recent.add(ks, rs, ds, times, o, t)
+            columns = (
+                rs.tolist(), ds.tolist(), times.tolist(), li[ks, rs, FRAME].tolist(),
+                lf[ks, rs, TS].tolist(), t.ids[ks].tolist(), o.cls[ks].tolist(),
+                t["l_box"][ks, rs].tolist(),
+            )  # fmt: skip
+            for r, d, pts, frame, ts, track, c, b in zip(*columns, strict=True):  # events
+                event = Event(
+                    LINE_CROSS, at.stream, frame, pts, ts, rule=self.rules[r].id, track=track,
+                    class_id=c, class_name=self.name(c), direction="in" if d == 1 else "out",
+                    box=(b[0], b[1], b[2], b[3]),
+                )  # fmt: skip
+                events.append(event)
+        # the committed side follows every settled crossing, counted or not
         np.copyto(li[..., SIDE], pend, where=ready)
         np.copyto(li[..., PEND], 0, where=ready)
         np.copyto(li[..., N], 0, where=ready)

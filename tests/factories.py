@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,6 +94,19 @@ def unit_rows(rng: np.random.Generator, n: int, d: int = 64) -> np.ndarray:
     """``(n, d) float32`` random L2-normalised rows (stand-in appearance embeddings)."""
     v = rng.normal(size=(n, d)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@dataclass
+class FakeStream:
+    """What the live step needs of a stream: its id, last error and inferred-frame count."""
+
+    id: str
+    last_error: str = ""
+    frames_inferred: int = 0
+
+    @property
+    def stream_id(self) -> str:
+        return self.id
 
 
 class Exploit:

@@ -4,7 +4,6 @@ a failing analytics loses that frame's events, not its tracks."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,18 +11,7 @@ from analytics.rules import AnalyticsParams, LineRule
 from analytics.stream import StreamAnalytics
 from pipeline.live_step import Published, StepGuard, StreamRuntime, ThrottledLog, run_step
 from pipeline.types import Detections, Frame, Tracks
-from tests.factories import dets
-
-
-@dataclass
-class FakeStream:
-    id: str
-    last_error: str = ""
-    frames_inferred: int = 0
-
-    @property
-    def stream_id(self) -> str:
-        return self.id
+from tests.factories import FakeStream, dets
 
 
 class WalkingEngine:
