@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,7 +94,7 @@ def test_mqtt_events_and_counts_arrive_and_survive_a_broker_restart(broker: Mosq
         assert retained["counts"] == {"in": {"person": 4}, "out": {}}
         late.close()
 
-        broker.stop()  # the broker goes away (SIGTERM: it saves the durable sessions)
+        broker.stop(signal.SIGKILL)  # the broker dies (its durable sessions were autosaved)
         wait_until(lambda: not sink.stats().connected, 20, "disconnect noticed")
         for start in range(10, 60, 10):  # 50 events while it is down; the buffer holds 20
             sink.publish(*_events(range(start, start + 10)))
