@@ -44,8 +44,8 @@ def anchor_points(xyxy: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def cross(p1: np.ndarray, p2: np.ndarray, a: np.ndarray) -> np.ndarray:
     """``(p2 - p1) x (a - p1)`` per rule: p1, p2 ``(R, 2)``, a ``(M, R, 2)`` -> ``(M, R)``.
 
-    Its sign is the side of :data:`module docstring <analytics.geometry>`'s convention; its
-    magnitude over ``|p2 - p1|`` is the distance of ``a`` from the (infinite) line.
+    Its sign is the side in the module's convention; its magnitude over ``|p2 - p1|`` is the
+    distance of ``a`` from the (infinite) line.
     """
     d = p2 - p1
     return d[:, 0] * (a[..., 1] - p1[:, 1]) - d[:, 1] * (a[..., 0] - p1[:, 0])
@@ -55,12 +55,6 @@ def side(p1: np.ndarray, p2: np.ndarray, a: np.ndarray) -> np.ndarray:
     """The side (-1, 0 on the line, +1) of points ``a (M, R, 2)`` for lines ``(R, 2)``:
     ``(M, R) int8``."""
     return np.sign(cross(p1, p2, a)).astype(np.int8)
-
-
-def distance_to_line(p1: np.ndarray, p2: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Perpendicular pixel distance of ``a (M, R, 2)`` from each infinite line: ``(M, R)``."""
-    length = np.hypot(*(p2 - p1).T)
-    return np.abs(cross(p1, p2, a)) / np.maximum(length, 1e-12)
 
 
 def paths_hit_segments(
