@@ -12,10 +12,10 @@ export OMP_NUM_THREADS ?= 2
 .PHONY: install install-gpu gpu-carry run replay bench test soak lint typecheck system-deps clean
 
 # Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
-# loopback RTSP server, GStreamer's RTSP server with its Python bindings.
+# loopback servers, GStreamer's RTSP server with its Python bindings and the Mosquitto broker.
 APT_PACKAGES := ffmpeg gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-libav gstreamer1.0-tools
+	gstreamer1.0-libav gstreamer1.0-tools mosquitto
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -31,7 +31,7 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@$(PY) -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
 	@$(PY) -m pip install -q -c constraints.txt -r requirements.lock -r requirements-dev.lock 2>&1 | grep -v "is ignored" || true
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored" || true
-	@$(PY) -c "import torch, onnxruntime, openvino, cv2, deep_sort_realtime, trackeval, pipeline" \
+	@$(PY) -c "import torch, onnxruntime, openvino, cv2, deep_sort_realtime, trackeval, paho.mqtt, pipeline" \
 	  || { echo "install failed: a dependency does not import" >&2; exit 1; }
 	@touch $(STAMP)
 
@@ -54,14 +54,15 @@ gpu-carry: install
 run: install
 	$(VENV)/bin/vigil serve --config configs/sample.yaml
 
-# The offline replay of the sample clip (tracks.txt, messages.jsonl, summary.json).
+# The offline replay of the sample clip (tracks.txt, messages.jsonl, summary.json, and the
+# analytics of configs/sample-analytics.yaml: events.jsonl, counts.json).
 replay: install
-	$(VENV)/bin/vigil replay $(SAMPLE) --out runs/sample
+	$(VENV)/bin/vigil replay $(SAMPLE) --out runs/sample --analytics configs/sample-analytics.yaml
 
 test: install $(GPU_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server benchmarks cli
+	$(VENV)/bin/mypy pipeline models trackers analytics evaluation toolchain server benchmarks cli
 	$(PY) -m pytest -q
 
 # The full side-by-side benchmark (figures, not pass/fail). Uses ../shared/data when present.
@@ -75,7 +76,7 @@ lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 typecheck:
-	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server benchmarks cli
+	$(VENV)/bin/mypy pipeline models trackers analytics evaluation toolchain server benchmarks cli
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.analytics import bench_cost
 from benchmarks.bench import SAMPLE, bench_live, bench_replay, bench_stages
 from pipeline.config import VigilConfig
 from pipeline.types import VigilError
@@ -221,6 +222,16 @@ def markdown(result: dict[str, Any]) -> str:
             ["sequence", "Vigil", "naive loop"],
             [[s, trio(r["vigil"]), trio(r["naive"])] for s, r in result["accuracy"].items()],
         )
+    if result.get("analytics"):
+        lines += ["", "## Analytics: us per frame, 10 rules (5 lines, 5 zones)", ""]
+        lines += _table(
+            ["tracks", "camera health", "median us", "p95 us", "events/frame"],
+            [
+                [r["tracks"], "on" if r["health"] else "off", r["median_us"], r["p95_us"],
+                 r["events_per_frame"]]
+                for r in result["analytics"]
+            ],
+        )  # fmt: skip
     if result.get("live"):
         live = result["live"]
         lines += [
@@ -261,6 +272,7 @@ def run_bench(
         ("stages", lambda: bench_stages(cfg, quick)),
         ("replay", lambda: bench_replay(cfg, footage, max_frames)),
         ("baselines", lambda: bench_baselines(cfg, footage, max_frames or 300)),
+        ("analytics", lambda: bench_cost(300 if quick else 2000)),
     ]
     if sequences:
         steps.append(("accuracy", lambda: bench_accuracy(cfg, sequences)))

@@ -76,6 +76,9 @@ def serve(config: dict[str, Any], tmp: Path, repo: Path = REPO) -> Iterator[Serv
     checkout lets a benchmark compare two versions side by side)."""
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
+    # the event database goes beside the config, not into the working directory
+    events = {"path": str(tmp / f"events-{port}.db"), **config.get("events", {})}
+    config["events"] = events
     path = tmp / f"serve-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo)}

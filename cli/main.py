@@ -44,11 +44,13 @@ def _progress(total: int | None, quiet: bool, desc: str, unit: str = "frame") ->
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.config import load_rules
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
     from pipeline.wiring import build_decode
 
     cfg = _config(args)
+    rules = load_rules(args.analytics, args.stream_id) if args.analytics else None
     source = FFmpegSource(
         args.source,
         stream_id=args.stream_id,
@@ -58,7 +60,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         timeout_s=cfg.source.timeout_s,
         decode=build_decode(cfg.source),
     )
-    replay = Replay(source, cfg, args.out)
+    replay = Replay(source, cfg, args.out, rules=rules)
     total = source.info.frame_count
     if args.max_frames and total:
         total = min(total, args.max_frames)
@@ -76,19 +78,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     if summary["decode_errors"]:
         print(f"decoder reported {summary['decode_errors']} errors (decoded past them)")
-    print(f"results: {args.out}/tracks.txt, messages.jsonl, summary.json")
+    extra = ""
+    if rules is not None:
+        extra = ", events.jsonl, counts.json"
+        print(f"{summary['events']} events; counts: {_counts_line(args.out / 'counts.json')}")
+    print(f"results: {args.out}/tracks.txt, messages.jsonl, summary.json{extra}")
     return 0
+
+
+def _counts_line(path: Path) -> str:
+    """One line of a replay's counts: ``line in/out``, ``zone entered/exited`` (all classes)."""
+    counts = json.loads(path.read_text())
+    parts = [
+        f"{rule} in {sum(c['in'].values())} / out {sum(c['out'].values())}"
+        for rule, c in counts["lines"].items()
+    ] + [
+        f"{rule} entered {sum(c['entered'].values()) + sum(c['spawned'].values())} / "
+        f"exited {sum(c['exited'].values())}"
+        for rule, c in counts["zones"].items()
+    ]
+    return "; ".join(parts) or "no rules"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.mot import format_table, replay_sequences, score_sequences
+    from pipeline.config import load_rules
 
     cfg = _config(args)
+    rules = load_rules(args.analytics) if args.analytics else None
     per_seq, replays = replay_sequences(
-        cfg, args.sequences, args.out, progress=lambda n, name: _progress(n, args.quiet, name)
-    )
+        cfg, args.sequences, args.out, progress=lambda n, name: _progress(n, args.quiet, name),
+        rules=rules,
+    )  # fmt: skip
     table = score_sequences(per_seq)
     print(format_table(table))
+    if rules is not None:
+        _eval_counting(args.sequences, args.out, rules, replays)
     result = {
         "metrics": table,
         "replay": {s: {"fps": r["fps"], "stages_ms": r["stages_ms"]} for s, r in replays.items()},
@@ -123,6 +148,26 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(format_result(result))
     print(f"study: {args.out}/study.db (resumable), {args.out}/tune.json, {args.out}/best.yaml")
     return 0
+
+
+def _eval_counting(sequences: list[Path], out: Path, rules: Any, replays: dict[str, Any]) -> None:
+    """Line counts of each replay against those derived from its ground truth."""
+    from evaluation.counting import compare, format_counting, gt_line_counts, replay_line_counts
+    from evaluation.mot import load_mot, read_sequence
+
+    per_seq = {}
+    for path in sequences:
+        seq = read_sequence(path)
+        summary = replays[seq.name]
+        gt = load_mot(seq.path / "gt" / "gt.txt", keep_zero_conf=False)
+        size = (summary["width"], summary["height"])
+        truth = gt_line_counts(gt, size, rules.lines)
+        naive = gt_line_counts(load_mot(out / seq.name / "tracks.txt"), size, rules.lines)
+        vigil = replay_line_counts(out / seq.name / "counts.json")
+        per_seq[seq.name] = compare(truth, vigil, naive)
+    print(format_counting(per_seq))
+    (out / "counting.json").write_text(json.dumps(per_seq, indent=1) + "\n")
+    print(f"counting: {out}/counting.json")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -196,11 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(rp)
     rp.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
     rp.add_argument("--stream-id", default="replay", help="stream name in messages")
+    rp.add_argument(
+        "--analytics", type=Path, help="YAML of lines/zones: also write events.jsonl, counts.json"
+    )
     rp.set_defaults(func=cmd_replay)
 
     ev = sub.add_parser("eval", help="replay MOTChallenge sequences and score them")
     ev.add_argument("sequences", nargs="+", type=Path, help="sequence folders")
     common(ev)
+    ev.add_argument(
+        "--analytics", type=Path,
+        help="YAML of lines: also compare line counts with those of the ground truth",
+    )  # fmt: skip
     ev.set_defaults(func=cmd_eval)
 
     tn = sub.add_parser(

@@ -101,10 +101,12 @@ def replay_sequences(
     out_root: Path,
     engine: Any = None,
     progress: Callable[[int | None, str], Any] | None = None,
+    rules: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Replay each sequence (``tracks.txt`` under ``out_root/<name>/``) with ``cfg`` and one
     shared engine; returns TrackEval data per sequence and each replay's summary.
-    ``progress(total_frames, name)`` may return a context manager with an ``update`` method."""
+    ``progress(total_frames, name)`` may return a context manager with an ``update`` method;
+    ``rules`` (a StreamConfig's lines and zones) also runs the analytics (``counts.json``)."""
     from dataclasses import replace
 
     from pipeline.replay import Replay
@@ -123,7 +125,7 @@ def replay_sequences(
             decode=build_decode(cfg.source),
         )
         out = out_root / seq.name
-        replay = Replay(source, seq_cfg, out, engine=engine)
+        replay = Replay(source, seq_cfg, out, engine=engine, rules=rules)
         if progress is None:
             replays[seq.name] = replay.run()
         else:

@@ -1,15 +1,18 @@
 """Configuration: loaded once, validated with bounds, passed in. Nothing reads the environment.
 
 The dataclasses below are the one schema of every knob: a field's default is the default, and
-its ``metadata`` holds its bounds (``range``), allowed values (``choices``), a ``pattern`` for
-names, or the dataclass of its ``items`` (a list of mappings). ``configs/default.yaml``
-documents the same knobs (a test keeps the two in step); a user file overrides any subset of it,
-and CLI flags override the file. Unknown keys and out-of-range values are refused with one line
-that names the key.
+its ``metadata`` holds its bounds (``range``), allowed values (``choices``; ``each_of`` for a
+list of names), a ``pattern`` for names, the dataclass of its ``items`` (a list of mappings), or
+``points`` (how many ``[x, y]`` pairs, each coordinate in 0..1). A dataclass with a
+``problem()`` method is also checked as a whole (a polygon's area, unique rule ids).
+``configs/default.yaml`` documents the same knobs (a test keeps the two in step); a user file
+overrides any subset of it, and CLI flags override the file. Unknown keys and out-of-range
+values are refused with one line that names the key.
 
 Tracker parameters are each tracker's own dataclass (``trackers.*``), nested under
-``tracker.<name>``; streams are :class:`StreamConfig`, the one schema the config file, the REST
-API and the live pipeline share.
+``tracker.<name>``; a stream's lines, zones and camera-health settings are the analytics' own
+dataclasses (``analytics.rules``); streams are :class:`StreamConfig`, the one schema the config
+file, the REST API, the replay ``--analytics`` file and the live pipeline share.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+from analytics.events import EVENT_KINDS
+from analytics.rules import (
+    AnalyticsParams,
+    HealthParams,
+    LineRule,
+    ZoneRule,
+    duplicate_rule_id,
+)
 from pipeline.types import VigilError
 from trackers.bytetrack import ByteTrackParams
 from trackers.deepsort import DeepSortParams
@@ -33,6 +44,7 @@ DEFAULT_REID = PACKAGE_ROOT / "models" / "zoo" / "reid" / "mobilenetv2_reid.onnx
 SAMPLE_CLIP = PACKAGE_ROOT / "assets" / "one-by-one-person-detection.mp4"  # bundled, CC BY 4.0
 
 STREAM_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+RULE_FIELDS = ("lines", "zones", "health")  # what a replay --analytics file may hold
 _T = TypeVar("_T")
 
 
@@ -170,6 +182,84 @@ class StreamConfig:
     realtime: bool = True
     rtsp_transport: str = one_of("tcp", "tcp", "udp")
     tracker: str = field(default="", metadata={"choices": ("", *TRACKERS)})  # "": tracker.name
+    lines: tuple[LineRule, ...] = field(default=(), metadata={"items": LineRule, "max_items": 256})
+    zones: tuple[ZoneRule, ...] = field(default=(), metadata={"items": ZoneRule, "max_items": 256})
+    health: HealthParams = field(default_factory=HealthParams)
+    # A YAML file of lines/zones/health (the replay --analytics format), read when the config
+    # file is loaded; its rules come before the inline ones. Config files only, never REST.
+    rules_file: str = field(default="", metadata={"rest": False})
+
+    def problem(self) -> str | None:
+        return duplicate_rule_id(self.lines, self.zones)
+
+
+@dataclass(frozen=True)
+class EventStoreConfig:
+    """The embedded event database (SQLite, WAL): written in batches off the event loop and
+    off the inference thread; the oldest events go beyond ``max_age_days`` or ``max_size_mb``."""
+
+    enabled: bool = True
+    path: str = "runs/events.db"
+    max_age_days: float = bounded(30.0, 0.0, 36500.0)  # 0: keep regardless of age
+    max_size_mb: float = bounded(1024.0, 1.0, 10_000_000.0)
+    batch_size: int = bounded(500, 1, 100_000)  # events per transaction at most
+    flush_interval_s: float = bounded(0.5, 0.01, 60.0)  # write at least this often
+    queue: int = bounded(100_000, 10, 10_000_000)  # events waiting; the oldest dropped beyond
+    busy_timeout_ms: int = bounded(1000, 0, 60_000)  # wait for a lock held by another process
+    retention_interval_s: float = bounded(60.0, 1.0, 86400.0)  # how often retention runs
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Events to an MQTT broker: ``<topic_prefix>/<stream>/events`` (one message per event) and
+    retained ``<topic_prefix>/<stream>/counts/<rule>`` (the rule's counts when they change)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = bounded(1883, 1, 65535)
+    client_id: str = ""  # default: vigil-<random>
+    username: str = ""
+    password: str = field(default="", repr=False)  # secret: never logged or served
+    password_file: str = ""  # or read the password from this file
+    tls: bool = False
+    ca_file: str = ""  # TLS: CA bundle (default: the system's)
+    cert_file: str = ""  # TLS client certificate and key, if the broker wants one
+    key_file: str = ""
+    tls_insecure: bool = False  # TLS without checking the broker's host name (testing only)
+    topic_prefix: str = field(default="vigil", metadata={"pattern": r"^[^#+\x00]{1,128}$"})
+    qos: int = bounded(1, 0, 2)
+    keepalive_s: int = bounded(30, 5, 3600)
+    queue: int = bounded(10_000, 1, 10_000_000)  # events held while the broker is away
+    inflight: int = bounded(100, 1, 65535)  # published, not yet acknowledged
+    backoff_initial_s: int = bounded(1, 1, 60)  # reconnection delays (whole s), doubling
+    backoff_max_s: int = bounded(30, 1, 3600)
+    counts_interval_s: float = bounded(1.0, 0.1, 3600.0)  # how often changed counts are sent
+    kinds: tuple[str, ...] = field(default=(), metadata={"each_of": EVENT_KINDS})  # empty: all
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Batches of events POSTed as ``{"v":1,"events":[...]}`` with ``X-Vigil-Signature:
+    sha256=<HMAC-SHA256 of the body with the secret>``; retried with exponential backoff."""
+
+    id: str = field(default="", metadata={"pattern": STREAM_ID, "required": True})
+    url: str = field(default="", metadata={"pattern": r"^https?://[^\s]+$", "required": True})
+    secret: str = field(default="", repr=False)  # secret: never logged or served
+    secret_file: str = ""  # or read the secret from this file
+    timeout_s: float = bounded(5.0, 0.1, 300.0)
+    batch_size: int = bounded(100, 1, 10_000)
+    batch_wait_s: float = bounded(0.2, 0.0, 60.0)  # gather events this long before a POST
+    queue: int = bounded(10_000, 1, 10_000_000)  # events held while the endpoint fails
+    backoff_initial_s: float = bounded(0.5, 0.01, 60.0)
+    backoff_max_s: float = bounded(60.0, 0.1, 3600.0)
+    kinds: tuple[str, ...] = field(default=(), metadata={"each_of": EVENT_KINDS})  # empty: all
+    streams: tuple[str, ...] = ()  # empty: every stream
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    webhooks: tuple[WebhookConfig, ...] = field(default=(), metadata={"items": WebhookConfig})
 
 
 @dataclass(frozen=True)
@@ -181,6 +271,9 @@ class VigilConfig:
     live: LiveConfig = field(default_factory=LiveConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    analytics: AnalyticsParams = field(default_factory=AnalyticsParams)
+    events: EventStoreConfig = field(default_factory=EventStoreConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
     streams: tuple[StreamConfig, ...] = field(default=(), metadata={"items": StreamConfig})
 
 
@@ -195,9 +288,14 @@ def field_default(f: Field[Any]) -> Any:
 def _coerce(key: str, f: Field[Any], default: Any, value: Any) -> Any:
     item_type = f.metadata.get("items")
     if item_type is not None:
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, dict) for v in value):
             raise VigilError(f"config {key}: expected a list of mappings")
+        limit = f.metadata.get("max_items")
+        if limit is not None and len(value) > limit:
+            raise VigilError(f"config {key}: at most {limit} entries")
         return tuple(parse_section(item_type, v, f"{key}[{i}].") for i, v in enumerate(value))
+    if "points" in f.metadata:
+        return _points(key, value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise VigilError(f"config {key}: expected true or false, got {value!r}")
@@ -220,8 +318,34 @@ def _coerce(key: str, f: Field[Any], default: Any, value: Any) -> Any:
     return value
 
 
+def _points(key: str, value: Any) -> tuple[tuple[float, float], ...]:
+    """``[[x, y], ...]`` -> a tuple of float pairs (bounds are checked by ``_validate``)."""
+    ok = isinstance(value, list | tuple) and all(
+        isinstance(p, list | tuple)
+        and len(p) == 2
+        and all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
+        for p in value
+    )
+    if not ok:
+        raise VigilError(f"config {key}: expected a list of [x, y] points, got {value!r}"[:300])
+    return tuple((float(p[0]), float(p[1])) for p in value)
+
+
 def _validate(key: str, f: Field[Any], value: Any) -> None:
     meta = f.metadata
+    if "points" in meta:
+        lo, hi = meta["points"]
+        if not lo <= len(value) <= hi:
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            raise VigilError(f"config {key}: expected {want} points, got {len(value)}")
+        if not all(math.isfinite(c) and 0.0 <= c <= 1.0 for p in value for c in p):
+            raise VigilError(f"config {key}: coordinates must be in [0, 1] (normalized)")
+        return
+    if "each_of" in meta:
+        bad = [v for v in value if v not in meta["each_of"]]
+        if bad:
+            raise VigilError(f"config {key}: {bad[0]!r} is not one of {', '.join(meta['each_of'])}")
+        return
     if "range" in meta:
         lo, hi = meta["range"]
         if not (math.isfinite(value) and lo <= value <= hi):
@@ -252,7 +376,9 @@ def _merge(obj: Any, data: Any, prefix: str) -> Any:
             coerced = _coerce(key, known[name], current, value)
             _validate(key, known[name], coerced)
             changes[name] = coerced
-    return replace(obj, **changes)
+    merged = replace(obj, **changes)
+    _check_whole(merged, prefix)
+    return merged
 
 
 def parse_section(cls: type[_T], data: Any, prefix: str = "") -> _T:
@@ -265,6 +391,13 @@ def parse_section(cls: type[_T], data: Any, prefix: str = "") -> _T:
             raise VigilError(f"config {prefix}{f.name}: required")
     obj: _T = _merge(cls(), data, prefix)
     return obj
+
+
+def _check_whole(obj: Any, prefix: str) -> None:
+    check = getattr(obj, "problem", None)
+    message = check() if callable(check) else None
+    if message:
+        raise VigilError(f"config {prefix}{message}")
 
 
 def parse_stream(data: Any) -> StreamConfig:
@@ -287,17 +420,51 @@ def resolve_path(value: str) -> Path:
     return PACKAGE_ROOT / path
 
 
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (FileNotFoundError, IsADirectoryError):
+        raise VigilError(f"{what} not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise VigilError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+
+
+def load_rules(path: Path, stream_id: str = "replay") -> StreamConfig:
+    """An analytics file (``vigil replay --analytics``, a stream's ``rules_file``): ``lines``,
+    ``zones`` and ``health`` with StreamConfig's schema. Returns a StreamConfig holding them."""
+    data = _read_yaml(path, "analytics file")
+    if not isinstance(data, dict):
+        raise VigilError(f"{path}: expected a mapping with lines, zones and health")
+    unknown = sorted(k for k in data if k not in RULE_FIELDS)
+    if unknown:
+        raise VigilError(f"{path}: unknown key {unknown[0]!r} (expected lines, zones, health)")
+    try:
+        return parse_section(StreamConfig, {**data, "id": stream_id, "url": str(path)})
+    except VigilError as e:
+        raise VigilError(f"{path}: {str(e).removeprefix('config ')}") from None
+
+
+def _with_rules_file(stream: StreamConfig, index: int) -> StreamConfig:
+    """The stream with its ``rules_file`` read: the file's rules first, then the inline ones;
+    the inline health settings win unless they are the defaults."""
+    if not stream.rules_file:
+        return stream
+    rules = load_rules(resolve_path(stream.rules_file), stream.id)
+    merged = replace(
+        stream,
+        lines=rules.lines + stream.lines,
+        zones=rules.zones + stream.zones,
+        health=stream.health if stream.health != HealthParams() else rules.health,
+    )
+    _check_whole(merged, f"streams[{index}].")
+    return merged
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> VigilConfig:
     """Defaults <- YAML file <- overrides (dotted keys, e.g. ``{"model.backend": "openvino"}``)."""
     cfg = VigilConfig()
     if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise VigilError(f"config file not found: {path}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise VigilError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-        cfg = _merge(cfg, data, "")
+        cfg = _merge(cfg, _read_yaml(path, "config file"), "")
     nested: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
@@ -312,4 +479,4 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     dup = next((i for i in ids if ids.count(i) > 1), None)
     if dup is not None:
         raise VigilError(f"config streams: the id {dup!r} is used twice")
-    return cfg
+    return replace(cfg, streams=tuple(_with_rules_file(s, i) for i, s in enumerate(cfg.streams)))

@@ -19,15 +19,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+from analytics.rules import LineRule, ZoneRule
+from analytics.stream import StreamAnalytics
 from pipeline.batcher import Backoff, CrossStreamBatcher
 from pipeline.config import StreamConfig, VigilConfig
 from pipeline.engine import Engine
 from pipeline.live_source import LiveStream, StreamState
 from pipeline.live_step import Published, StepGuard, StreamRuntime, run_step
 from pipeline.types import Frame, VigilError
-from pipeline.wiring import build_decode, build_engine, build_tracker
+from pipeline.wiring import build_analytics, build_decode, build_engine, build_tracker
 
 
 class StreamConflict(VigilError):
@@ -76,6 +79,8 @@ class LivePipeline:
         """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``). The check and
         the insertion are one step under the lock: of two concurrent adds of one id, exactly
         one wins and the other gets :class:`StreamConflict`."""
+        names = self.engine.info.class_names
+        analytics = build_analytics(self.cfg, spec, names, live=True)
         with self._lock:
             if spec.id in self._streams:
                 raise StreamConflict(f"stream {spec.id!r} already exists")
@@ -100,7 +105,7 @@ class LivePipeline:
                 decode=self.decode,
                 mask_query=self.cfg.server.redact_query,
             )
-            self._streams[spec.id] = StreamRuntime(stream, tracker)
+            self._streams[spec.id] = StreamRuntime(stream, tracker, analytics)
         stream.start()
         return stream
 
@@ -123,6 +128,25 @@ class LivePipeline:
         with self._lock:
             st = self._streams.get(stream_id)
         return None if st is None else st.stream
+
+    def analytics(self, stream_id: str) -> StreamAnalytics | None:
+        with self._lock:
+            st = self._streams.get(stream_id)
+        return None if st is None else st.analytics
+
+    def set_rules(
+        self, stream_id: str, lines: tuple[LineRule, ...], zones: tuple[ZoneRule, ...]
+    ) -> StreamConfig:
+        """Replace a stream's lines and zones while it runs (applied from its next frame);
+        returns its updated spec. KeyError for an unknown stream; VigilError for bad rules."""
+        with self._lock:
+            st = self._streams.get(stream_id)
+            if st is None or st.analytics is None:
+                raise KeyError(stream_id)
+            st.analytics.set_rules(lines, zones)
+            st.stream.spec = replace(st.stream.spec, lines=lines, zones=zones)
+            spec: StreamConfig = st.stream.spec
+        return spec
 
     def errors(self, stream_id: str) -> int:
         """Tracker/encoder/publish failures of the stream so far."""

@@ -3,8 +3,9 @@
     run_step(batch, engine, publish, guard) -> per-stage milliseconds
 
 ``batch`` holds one frame per stream (``StreamRuntime``, ``Frame``). The engine runs once for
-the whole batch; then each stream's tracker, encoder and ``publish`` run inside that stream's
-guard: an exception there becomes a count (``StreamRuntime.errors``), that stream's
+the whole batch; then each stream's tracker, analytics (events), encoders and ``publish`` run
+inside that stream's guard (a failure in the analytics loses that frame's events, not its
+tracks): an exception there becomes a count (``StreamRuntime.errors``), that stream's
 ``last_error`` and a log line (at most one per stream per ``ThrottledLog.interval_s``), and the
 other streams of the batch carry on. An engine failure is counted (``StepGuard.engine_failures``)
 and charged to every stream of the batch. Nothing here owns a thread, a socket or a clock
@@ -17,24 +18,30 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
+from analytics.events import Event, encode_event
+from analytics.stream import StreamAnalytics
 from pipeline.encode import encode_message
 from pipeline.types import Detections, Frame, Tracks
 
 
 @dataclass(frozen=True)
 class Published:
-    """One frame's result: the encoded v1 message and the tracks it was encoded from."""
+    """One frame's result: the encoded v1 message and the tracks it was encoded from, and the
+    frame's analytics events with their encoded v1 event messages (``event_data[i]`` is
+    ``events[i]``), each encoded once for every output."""
 
     stream: str
     seq: int
     arrival: float
     data: bytes
     tracks: Tracks
+    events: tuple[Event, ...] = ()
+    event_data: tuple[bytes, ...] = ()
 
 
 class EngineLike(Protocol):
@@ -55,10 +62,12 @@ class TrackerLike(Protocol):
 
 @dataclass(eq=False)
 class StreamRuntime:
-    """Per-stream state the inference thread owns: the tracker and the message counter."""
+    """Per-stream state the inference thread owns: the tracker, the analytics and the message
+    counter."""
 
     stream: Any  # a LiveStream: anything with stream_id, last_error and frames_inferred
     tracker: TrackerLike
+    analytics: StreamAnalytics | None = None
     seq: int = 0
     errors: int = 0  # tracker/encoder/publish failures in this stream
     removed: bool = False  # set when the stream is deleted: a batch in flight skips it
@@ -132,7 +141,7 @@ def run_step(
             st.stream.last_error = message
         guard.log("engine", f"vigil: {message} ({len(batch)} streams' frames lost)")
         return {}
-    track_ms = encode_ms = 0.0
+    track_ms = analytics_ms = encode_ms = 0.0
     for (st, frame), d, emb in zip(batch, dets, embeds, strict=True):
         if st.removed:
             continue
@@ -141,18 +150,39 @@ def run_step(
             t0 = time.perf_counter()
             tracks = st.tracker.update(d, emb, frame.index, frame.pts)
             t1 = time.perf_counter()
+            events = _analyse(st, guard, frame, tracks)
+            t2 = time.perf_counter()
             stage = "encoder"
             data = encode_message(tracks, frame.stream_id, st.seq, frame.arrival)
-            t2 = time.perf_counter()
+            event_data = tuple(encode_event(e) for e in events)  # events, not tracks: a few
+            t3 = time.perf_counter()
             stage = "publish"
-            publish(Published(frame.stream_id, st.seq, frame.arrival, data, tracks))
+            msg = Published(frame.stream_id, st.seq, frame.arrival, data, tracks)
+            publish(replace(msg, events=events, event_data=event_data) if events else msg)
         except Exception as e:
             _fail(st, guard, stage, e)
             continue
         track_ms += (t1 - t0) * 1e3
-        encode_ms += (t2 - t1) * 1e3
+        analytics_ms += (t2 - t1) * 1e3
+        encode_ms += (t3 - t2) * 1e3
         st.seq += 1
         st.stream.frames_inferred += 1
     timings["track"] = track_ms
+    timings["analytics"] = analytics_ms
     timings["encode"] = encode_ms
     return timings
+
+
+def _analyse(
+    st: StreamRuntime, guard: StepGuard, frame: Frame, tracks: Tracks
+) -> tuple[Event, ...]:
+    """The stream's analytics for this frame, guarded on its own: a failure there is counted and
+    reported like any stream failure, and the frame's tracks are still published."""
+    if st.analytics is None:
+        return ()
+    try:
+        size = (frame.width, frame.height)
+        return tuple(st.analytics.update(tracks, size, frame.arrival, frame.image))
+    except Exception as e:
+        _fail(st, guard, "analytics", e)
+        return ()

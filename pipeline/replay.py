@@ -20,15 +20,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import VigilConfig
+from analytics.stream import StreamAnalytics
+from pipeline.config import StreamConfig, VigilConfig
 from pipeline.engine import Engine
 from pipeline.sinks import ReplaySinks
 from pipeline.sources import FFmpegSource
 from pipeline.stats import StageStats
 from pipeline.types import Frame, VigilError
-from pipeline.wiring import build_engine, build_tracker
+from pipeline.wiring import build_analytics, build_engine, build_tracker
 
-STAGES = ("decode", "preprocess", "infer", "nms", "embed", "track", "encode")
+STAGES = ("decode", "preprocess", "infer", "nms", "embed", "track", "analytics", "encode")
 _END = object()
 
 
@@ -53,7 +54,11 @@ def _children_cpu_s() -> float:
 
 
 class Replay:
-    """One replay of one source into ``out_dir``; ``run()`` returns the summary dict."""
+    """One replay of one source into ``out_dir``; ``run()`` returns the summary dict.
+
+    With ``rules`` (a stream's lines, zones and health: ``load_rules``) every frame also goes
+    through the stream's analytics, and the replay writes ``events.jsonl`` and ``counts.json``.
+    """
 
     def __init__(
         self,
@@ -61,12 +66,18 @@ class Replay:
         cfg: VigilConfig,
         out_dir: Path,
         engine: Engine | None = None,
+        rules: StreamConfig | None = None,
     ) -> None:
         self.source = source
         self.cfg = cfg
         self.engine = engine or build_engine(cfg)
         self.tracker = build_tracker(cfg.tracker)
-        self.sinks = ReplaySinks(out_dir, source.stream_id)
+        self.analytics: StreamAnalytics | None = None
+        self.events = 0
+        if rules is not None:
+            names = self.engine.info.class_names
+            self.analytics = build_analytics(cfg, rules, names, live=False)
+        self.sinks = ReplaySinks(out_dir, source.stream_id, events=rules is not None)
         self.stats = StageStats(STAGES)
         self._stop = threading.Event()
         self._q_frames: queue.Queue[Any] = queue.Queue(cfg.batch.queue_frames)
@@ -133,13 +144,24 @@ class Replay:
                 t0 = time.perf_counter()
                 tracks = self.tracker.update(dets, embeds, frame.index, frame.pts)
                 t1 = time.perf_counter()
-                self.sinks.write(frame, tracks)
+                if self.analytics is not None:
+                    size = (frame.width, frame.height)
+                    events = self.analytics.update(tracks, size, frame.arrival, frame.image)
+                    self.events += len(events)
+                    self.sinks.write_events(events)
                 t2 = time.perf_counter()
+                self.sinks.write(frame, tracks)
+                t3 = time.perf_counter()
                 self.stats.add("track", (t1 - t0) * 1e3)
-                self.stats.add("encode", (t2 - t1) * 1e3)
+                self.stats.add("analytics", (t2 - t1) * 1e3)
+                self.stats.add("encode", (t3 - t2) * 1e3)
                 processed += 1
                 if progress is not None:
                     progress(1)
+            if self.analytics is not None:
+                last = self.analytics.finish()
+                self.events += len(last)
+                self.sinks.write_events(last)
         except BaseException:
             self.sinks.fail()
             raise
@@ -174,5 +196,8 @@ class Replay:
             "tracker": asdict(self.cfg.tracker),
             "batch": asdict(self.cfg.batch),
         }
-        self.sinks.write_summary(summary)
+        if self.analytics is not None:
+            summary["events"] = self.events
+            self.sinks.write_json("counts.json", self.analytics.counts.snapshot())
+        self.sinks.write_json("summary.json", summary)
         return summary

@@ -7,7 +7,7 @@ All containers are struct-of-arrays so every stage works on whole arrays, never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -87,7 +87,9 @@ class Tracks:
     xyxy: ``(M, 4) float32`` source pixels (the matched detection's box when ``det_index >= 0``,
     otherwise the tracker's prediction); track_id: ``(M,) int64``; class_id: ``(M,) int32``;
     confidence: ``(M,) float32`` (0 when the track had no detection this frame);
-    det_index: ``(M,) int32`` row of the frame's ``Detections`` the track matched, or -1.
+    det_index: ``(M,) int32`` row of the frame's ``Detections`` the track matched, or -1;
+    confirmed: ``(M,) bool``, False for a track the tracker reports before confirming it
+    (analytics count only confirmed tracks); every track is confirmed when not given.
     """
 
     xyxy: np.ndarray
@@ -98,6 +100,14 @@ class Tracks:
     stream_id: str = ""
     frame_index: int = 0
     pts: float = 0.0
+    confirmed: np.ndarray = field(default_factory=lambda: np.ones(0, bool))
+
+    def __post_init__(self) -> None:
+        n = self.xyxy.shape[0]
+        if self.confirmed.shape == (0,) and n:  # not given: every track confirmed
+            object.__setattr__(self, "confirmed", np.ones(n, bool))
+        elif self.confirmed.shape != (n,):
+            raise ValueError(f"Tracks.confirmed has shape {self.confirmed.shape}, expected ({n},)")
 
     @staticmethod
     def empty(stream_id: str = "", frame_index: int = 0, pts: float = 0.0) -> Tracks:

@@ -1,4 +1,5 @@
-"""Wiring: the one place that turns configuration into a detector, an embedder and a tracker.
+"""Wiring: the one place that turns configuration into a detector, an embedder, a tracker and a
+stream's analytics.
 
 Everything that runs a model (replay, the live server, evaluation, benchmarks, the toolchain's
 report) resolves it here, so ``--model NAME``, a pinned ``NAME@1.2.0``, a manifest path and a
@@ -11,15 +12,24 @@ preprocesses on it; on the CPU both stay on the CPU (``torch``: the embedder in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from analytics.stream import StreamAnalytics
 from models.classes import COCO_NAMES
 from models.detector import Detector, DetectorSpec, create_detector
 from models.manifest import ModelManifest, sha256_file
 from models.registry import is_reference, resolve, roots
 from models.reid import Embedder, create_embedder
-from pipeline.config import ModelConfig, SourceConfig, TrackerConfig, VigilConfig, resolve_path
+from pipeline.config import (
+    ModelConfig,
+    SourceConfig,
+    StreamConfig,
+    TrackerConfig,
+    VigilConfig,
+    resolve_path,
+)
 from pipeline.decode import DecodePlan, resolve_decode
 from pipeline.engine import Engine, ModelInfo, Preprocessor, class_filter
 from pipeline.preprocess import CpuPreprocessor
@@ -75,6 +85,16 @@ def build_tracker(tracker: TrackerConfig, name: str = "") -> Tracker:
     if name not in TRACKERS:
         raise VigilError(f"unknown tracker {name!r} (choose {', '.join(TRACKERS)})")
     return create_tracker(name, tracker.params(name))
+
+
+def build_analytics(
+    cfg: VigilConfig, stream: StreamConfig, class_names: Sequence[str], live: bool
+) -> StreamAnalytics:
+    """A fresh analytics state for one stream: its lines, zones and camera-health checks (the
+    drift check only ``live``). VigilError names a rule whose classes the model does not know."""
+    return StreamAnalytics(
+        stream.id, class_names, cfg.analytics, stream.lines, stream.zones, stream.health, live
+    )
 
 
 def build_embedder(

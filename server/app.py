@@ -1,4 +1,6 @@
-"""The FastAPI application: REST for streams, health, metrics, and the WebSocket hub.
+"""The FastAPI application: REST for streams, health, metrics, and the WebSocket hub; the rules,
+events and counts routes (``routes_rules``, ``routes_events``) and the event outputs (event
+store, MQTT, webhooks: ``outputs``) are wired in here.
 
 The event loop only moves data. Decode, inference and tracking run in the pipeline's threads;
 their results reach the loop through one bounded handoff (``_Runtime.handoff``): at most
@@ -28,10 +30,15 @@ from pipeline.wiring import build_decode
 from server.auth import ApiKeys, RateLimiter, digest
 from server.errors import install as install_errors
 from server.errors import responses
+from server.event_store import EventStore
 from server.http_guard import BodyLimit
 from server.hub import Hub
 from server.memory import trim_periodically
 from server.metrics import Metrics
+from server.metrics_events import EventsCollector
+from server.outputs import EventOutputs
+from server.routes_events import events_router
+from server.routes_rules import rules_router
 from server.schema import Health, Ready, StreamStatus, rest_model
 from server.urls import check_stream_url
 from server.ws import session
@@ -53,6 +60,8 @@ class _Runtime:
         self.metrics = Metrics(lambda: self.pipeline)
         self.pipeline: LivePipeline | None = None
         self.hub: Hub | None = None
+        self.outputs: EventOutputs | None = None
+        self.metrics.registry.register(EventsCollector(lambda: self.pipeline, lambda: self.outputs))
         self.loop: asyncio.AbstractEventLoop | None = None
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -61,7 +70,10 @@ class _Runtime:
         self.log = ThrottledLog()
 
     def handoff(self, msg: Published) -> None:
-        """Called from the inference thread: schedule delivery on the loop, never block."""
+        """Called from the inference thread: events to the store and sinks (bounded buffers),
+        then schedule delivery on the loop; never blocks."""
+        if msg.events and self.outputs is not None:
+            self.outputs.publish(msg)
         with self._pending_lock:
             if self._pending >= HANDOFF_LIMIT or self.loop is None:
                 self.metrics.handoff_dropped.inc()
@@ -97,13 +109,30 @@ class _Runtime:
             on_sent=self.metrics.latency.observe,
             on_lost=self.metrics.ws_lost.inc,
             max_list=cfg.live.max_streams,
+            counts=self.counts,
         )
         self.pipeline = LivePipeline(
             cfg, self.handoff, engine, observe_stage=self.metrics.observe_stage
         )
+        outputs = EventOutputs(cfg, lambda: self.counts(None), self.pipeline.guard.log)
+        await self.loop.run_in_executor(None, outputs.start)
+        self.outputs = outputs
         for entry in cfg.streams:
             self.pipeline.add_stream(*self.spec(entry))
         self.pipeline.start()
+
+    def event_store(self) -> EventStore | None:
+        return None if self.outputs is None else self.outputs.store
+
+    def counts(self, streams: frozenset[str] | None) -> dict[str, Any]:
+        """Counts of the running streams (``streams``: only those), by stream id."""
+        p = self.pipeline
+        found = {s.stream_id: p.analytics(s.stream_id) for s in p.streams()} if p else {}
+        return {
+            sid: a.counts.snapshot()
+            for sid, a in found.items()
+            if a is not None and (streams is None or sid in streams)
+        }
 
     def spec(self, entry: dict[str, Any] | StreamConfig) -> tuple[StreamConfig, str]:
         """A validated stream and the URL FFmpeg will open (the URL policy applied)."""
@@ -120,6 +149,9 @@ class _Runtime:
         if self.pipeline is not None:
             drain = self.cfg.server.drain_timeout_s
             await asyncio.get_running_loop().run_in_executor(None, self.pipeline.stop, drain)
+        if self.outputs is not None:  # flush the event store and sinks within the drain time
+            drain = self.cfg.server.drain_timeout_s
+            await asyncio.get_running_loop().run_in_executor(None, self.outputs.close, drain)
         await asyncio.sleep(0)  # deliver what the drain handed over
         if self.hub is not None:
             for client in list(self.hub.clients):
@@ -231,6 +263,8 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         p = rt.pipeline
         ok = p is not None and p.ready and not rt.stopped
         body: dict[str, Any] = {"ready": ok, "model": rt.model}
+        if rt.outputs is not None:  # the event outputs' state: the server stays ready without them
+            body["outputs"] = rt.outputs.status()
         if p is not None and p.failure:
             body["reason"] = p.failure
         elif rt.stopped:
@@ -309,7 +343,12 @@ def create_app(cfg: VigilConfig) -> FastAPI:
             raise HTTPException(404, f"no stream {_quoted(stream_id)}")
         if rt.hub is not None:
             rt.hub.forget_stream(stream_id)
+        if rt.outputs is not None:
+            rt.outputs.forget_stream(stream_id)
         return Response(status_code=204)
+
+    app.include_router(rules_router(pipeline, read_access, mutation))
+    app.include_router(events_router(pipeline, rt.event_store, read_access, mutation))
 
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:

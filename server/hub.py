@@ -1,4 +1,5 @@
-"""The WebSocket hub: fan-out of v1 messages to subscribed clients. Runs on the event loop.
+"""The WebSocket hub: fan-out of v1 track and event messages to subscribed clients. Runs on the
+event loop.
 
 - ``publish`` never blocks and never awaits: each client has a small ``deque`` that drops the
   oldest message when full (and counts what it dropped); the client's own sender task drains
@@ -12,10 +13,15 @@
 
 Client protocol (JSON text frames)::
 
-    -> {"op": "subscribe", "streams": ["cam1"], "classes": ["person"], "last_seq": {"cam1": 41}}
-    <- {"op": "subscribed", "streams": [...] | null, "classes": [...] | null}
-    <- v1 messages ...                          (a snapshot first when last_seq was given)
+    -> {"op": "subscribe", "streams": ["cam1"], "classes": ["person"], "last_seq": {"cam1": 41},
+        "kinds": ["line_cross", "zone_enter"], "tracks": true}
+    <- {"op": "subscribed", "streams": [...] | null, "classes": [...] | null,
+        "kinds": [...] | null, "tracks": true}
+    <- v1 track messages ...                    (a snapshot first when last_seq was given)
+    <- v1 event messages {"v":1,"type":"event",...}  (analytics.events; same stream and class
+                                                filters, plus "kinds"; [] for none)
     <- {"op": "lost", "count": 12}              (messages dropped for this client)
+    -> {"op": "counts", "streams": ["cam1"]}    <- {"op": "counts", "counts": {"cam1": {...}}}
     -> {"op": "ping"}   <- {"op": "pong"}
     <- {"op": "error", "error": "..."}          (malformed input; nothing else changes)
 
@@ -38,8 +44,11 @@ from typing import Any
 
 import numpy as np
 
+from analytics.events import EVENT_KINDS, Event
 from pipeline.encode import encode_message
 from pipeline.live_step import Published
+
+CountsProvider = Callable[[frozenset[str] | None], dict[str, Any]]  # streams -> their counts
 
 
 @dataclass(eq=False)
@@ -51,6 +60,8 @@ class Client:
     close: Callable[[int], Any] | None = None  # the socket's close(code) coroutine function
     streams: frozenset[str] | None = None
     classes: frozenset[int] | None = None
+    kinds: frozenset[str] | None = None  # event kinds (None: all)
+    tracks: bool = True  # track messages (False: events only)
     queue: deque[tuple[str, float]] = field(init=False)
     lost: int = 0
     lost_reported: int = 0
@@ -71,6 +82,11 @@ class Client:
     def wants(self, stream: str) -> bool:
         return self.streams is None or stream in self.streams
 
+    def wants_event(self, e: Event) -> bool:
+        if self.kinds is not None and e.kind not in self.kinds:
+            return False
+        return self.classes is None or e.class_id is None or e.class_id in self.classes
+
 
 class Hub:
     def __init__(
@@ -80,9 +96,11 @@ class Hub:
         on_sent: Callable[[float], None] | None = None,
         on_lost: Callable[[int], None] | None = None,
         max_list: int = 1024,
+        counts: CountsProvider | None = None,
     ) -> None:
         self.queue_size = queue_size
         self.max_list = max_list
+        self._counts = counts
         self.class_names = list(class_names)
         self.clients: set[Client] = set()
         self.latest: dict[str, Published] = {}
@@ -100,22 +118,26 @@ class Hub:
         present: frozenset[int] | None = None
         filtered: dict[frozenset[int], str] = {}
         dropped = 0
+        events = [(e, d.decode()) for e, d in zip(msg.events, msg.event_data, strict=True)]
         for c in self.clients:
             if not c.wants(msg.stream):
                 continue
-            if c.classes is None:
+            if c.tracks and c.classes is None:
                 dropped += c.enqueue(full, msg.arrival)
-                continue
-            if present is None:
-                present = frozenset(np.unique(msg.tracks.class_id).tolist())
-            key = present & c.classes  # what this filter keeps of this message
-            if key == present:
-                dropped += c.enqueue(full, msg.arrival)
-                continue
-            text = filtered.get(key)
-            if text is None:
-                text = filtered[key] = _encode_filtered(msg, key)
-            dropped += c.enqueue(text, msg.arrival)
+            elif c.tracks and c.classes is not None:
+                if present is None:
+                    present = frozenset(np.unique(msg.tracks.class_id).tolist())
+                key = present & c.classes  # what this filter keeps of this message
+                if key == present:
+                    dropped += c.enqueue(full, msg.arrival)
+                else:
+                    text = filtered.get(key)
+                    if text is None:
+                        text = filtered[key] = _encode_filtered(msg, key)
+                    dropped += c.enqueue(text, msg.arrival)
+            for e, event_text in events:  # events, not tracks: a few per frame at most
+                if c.wants_event(e):
+                    dropped += c.enqueue(event_text, msg.arrival)
         if dropped and self._on_lost is not None:
             self._on_lost(dropped)  # counted when dropped, even while a sender is blocked
 
@@ -158,8 +180,10 @@ class Hub:
             return _error('expected an object with an "op" field'), []
         if req["op"] == "ping":
             return json.dumps({"op": "pong"}), []
+        if req["op"] == "counts":
+            return self._counts_reply(req), []
         if req["op"] != "subscribe":
-            return _error(f"unknown op {_short(req['op'])} (use subscribe or ping)"), []
+            return _error(f"unknown op {_short(req['op'])} (use subscribe, counts or ping)"), []
         streams = req.get("streams")
         classes = req.get("classes")
         last_seq = req.get("last_seq", {})
@@ -188,8 +212,19 @@ class Hub:
                 class_ids.add(self.class_names.index(c))
             else:
                 return _error(f"unknown class {_short(c)}"), []
+        kinds, tracks = req.get("kinds"), req.get("tracks", True)
+        if kinds is not None and (
+            not isinstance(kinds, list)
+            or len(kinds) > n
+            or not all(isinstance(k, str) and k in EVENT_KINDS for k in kinds)
+        ):
+            return _error(f'"kinds" must be a list of event kinds ({", ".join(EVENT_KINDS)})'), []
+        if not isinstance(tracks, bool):
+            return _error('"tracks" must be true or false'), []
         client.streams = None if streams is None else frozenset(streams)
         client.classes = None if classes is None else frozenset(class_ids)
+        client.kinds = None if kinds is None else frozenset(kinds)
+        client.tracks = tracks
         snapshot = []
         if "last_seq" in req:
             snapshot = [
@@ -202,9 +237,23 @@ class Hub:
                 "op": "subscribed",
                 "streams": None if streams is None else sorted(client.streams or ()),
                 "classes": None if classes is None else sorted(client.classes or ()),
+                "kinds": None if kinds is None else sorted(client.kinds or ()),
+                "tracks": tracks,
             }
         )
-        return reply, snapshot
+        return reply, (snapshot if tracks else [])
+
+    def _counts_reply(self, req: dict[str, Any]) -> str:
+        streams = req.get("streams")
+        if streams is not None and (
+            not isinstance(streams, list) or not all(isinstance(s, str) for s in streams)
+        ):
+            return _error('"streams" must be a list of stream ids')
+        if streams is not None and len(streams) > self.max_list:
+            return _error(f'"streams" lists more than {self.max_list} ids')
+        wanted = None if streams is None else frozenset(streams)
+        counts = self._counts(wanted) if self._counts is not None else {}
+        return json.dumps({"op": "counts", "counts": counts})
 
     async def sender(self, client: Client) -> None:
         """Drain one client's queue into its socket until it disconnects."""

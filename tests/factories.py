@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pytest
 
-from pipeline.types import Detections
+from pipeline.types import Detections, Tracks
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -95,6 +96,19 @@ def unit_rows(rng: np.random.Generator, n: int, d: int = 64) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+@dataclass
+class FakeStream:
+    """What the live step needs of a stream: its id, last error and inferred-frame count."""
+
+    id: str
+    last_error: str = ""
+    frames_inferred: int = 0
+
+    @property
+    def stream_id(self) -> str:
+        return self.id
+
+
 class Exploit:
     """Pickles to a call of ``os.system`` that would create ``marker``: a malicious checkpoint."""
 
@@ -103,3 +117,35 @@ class Exploit:
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (os.system, (f"touch {self.marker}",))
+
+
+def track_frame(
+    frame: int,
+    boxes: dict[int, tuple[float, float, float, float]],
+    fps: float = 10.0,
+    cls: int | dict[int, int] = 0,
+    tentative: frozenset[int] = frozenset(),
+) -> Tracks:
+    """The tracks of one frame from ``{track_id: (x1, y1, x2, y2)}`` (source pixels); ``cls`` is
+    every track's class or one per id; ids in ``tentative`` are reported unconfirmed."""
+    ids = list(boxes)
+    n = len(ids)
+    classes = [cls[i] if isinstance(cls, dict) else cls for i in ids]
+    return Tracks(
+        np.asarray([boxes[i] for i in ids], np.float32).reshape(n, 4),
+        np.asarray(ids, np.int64),
+        np.asarray(classes, np.int32),
+        np.ones(n, np.float32),
+        np.arange(n, dtype=np.int32),
+        "cam",
+        frame,
+        frame / fps,
+        np.asarray([i not in tentative for i in ids], bool),
+    )
+
+
+def foot_box(
+    x: float, y: float, w: float = 40.0, h: float = 100.0
+) -> tuple[float, float, float, float]:
+    """A ``w`` x ``h`` box whose bottom centre (the default anchor) is at (x, y)."""
+    return (x - w / 2, y - h, x + w / 2, y)

@@ -40,8 +40,13 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert all(r["streams"] in held for r in live["runs"][:-1])
     for plot in ("latency_cdf.png", "fps_vs_streams.png", "replay_stages.png"):
         assert (tmp_path / plot).stat().st_size > 1000
+    assert [(r["tracks"], r["health"]) for r in result["analytics"]] == [
+        (n, h) for n in (10, 50, 200) for h in (False, True)
+    ]  # fmt: skip
+    assert all(r["median_us"] > 0 and r["events_per_frame"] > 0 for r in result["analytics"])
     md = (tmp_path / "bench.md").read_text()
     assert "## Against the baselines" in md and "## Live capacity" in md
+    assert "## Analytics" in md
     assert "Vigil" in r.stdout and "largest N" in r.stdout
 
 

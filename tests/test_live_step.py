@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +12,7 @@ import pytest
 from pipeline.batcher import CrossStreamBatcher, LatestSlot
 from pipeline.live_step import Published, StepGuard, StreamRuntime, ThrottledLog, run_step
 from pipeline.types import Detections, Frame, Tracks
-from tests.factories import dets
-
-
-@dataclass
-class FakeStream:
-    id: str
-    last_error: str = ""
-    frames_inferred: int = 0
-
-    @property
-    def stream_id(self) -> str:
-        return self.id
+from tests.factories import FakeStream, dets
 
 
 class FakeEngine:

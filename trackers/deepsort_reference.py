@@ -99,4 +99,5 @@ class ReferenceDeepSort:
             det_index=det_index,
             frame_index=frame_index,
             pts=pts,
+            confirmed=np.fromiter((t.is_confirmed() for t in reported), bool, len(reported)),
         )

@@ -182,6 +182,7 @@ def matched_tracks(
         det_index=det.astype(np.int32),
         frame_index=frame_index,
         pts=pts,
+        confirmed=tb.state[slots] != TENTATIVE,
     )
 
 
@@ -197,4 +198,5 @@ def predicted_tracks(tb: TrackTable, slots: np.ndarray, frame_index: int, pts: f
         det_index=np.full(k, -1, np.int32),
         frame_index=frame_index,
         pts=pts,
+        confirmed=tb.state[slots] != TENTATIVE,
     )

@@ -1,0 +1,108 @@
+"""REST for events, counts and camera health.
+
+    GET  /api/events?stream=&rule=&kind=a,b&class=&since=&until=&limit=&cursor=&order=
+         one page of stored events, oldest first (``order=desc``: newest first):
+         {"events": [<v1 event>...], "next": <cursor for the next page, or null>}
+    GET  /api/counts                              every stream's counts since start (or reset)
+    GET  /api/streams/{sid}/counts[?since=&until=]  since start/reset; with ``since`` (unix s)
+                                                  counted from the event store instead
+    POST /api/streams/{sid}/counts/reset          zero the counters (API key)
+    GET  /api/streams/{sid}/health                the camera-health checks now
+
+Queries run off the event loop; a store that is disabled answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+
+from analytics.health import CHECKS
+from analytics.stream import StreamAnalytics
+from pipeline.live import LivePipeline
+from server.event_store import MAX_PAGE, EventQuery, EventStore
+
+
+def events_router(
+    pipeline: Callable[[], LivePipeline],
+    store: Callable[[], EventStore | None],
+    read: Callable[..., None],
+    change: Callable[..., None],
+) -> APIRouter:
+    """The routes above (``read``/``change``: the app's auth dependencies)."""
+    router = APIRouter(prefix="/api", tags=["events"])
+    reads, changes = [Depends(read)], [Depends(change)]
+
+    def analytics(stream_id: str) -> StreamAnalytics:
+        a = pipeline().analytics(stream_id)
+        if a is None:
+            raise HTTPException(404, f"no stream {stream_id!r}")
+        return a
+
+    def the_store() -> EventStore:
+        s = store()
+        if s is None:
+            raise HTTPException(503, "the event store is disabled (events.enabled)")
+        return s
+
+    @router.get("/events", dependencies=reads)
+    async def events(
+        stream: str | None = None,
+        rule: str | None = None,
+        kind: str | None = Query(None, description="event kinds, comma-separated"),
+        class_name: str | None = Query(None, alias="class"),
+        since: float | None = Query(None, description="unix seconds, inclusive"),
+        until: float | None = Query(None, description="unix seconds, exclusive"),
+        limit: int = Query(100, ge=1, le=MAX_PAGE),
+        cursor: int | None = Query(None, ge=0, description="the previous page's next"),
+        order: str = Query("asc", pattern="^(asc|desc)$"),
+    ) -> Response:
+        kinds = tuple(k.strip() for k in (kind or "").split(",") if k.strip())
+        q = EventQuery(stream, rule, kinds, class_name, since, until, limit, cursor, order)
+        q.check()  # VigilError -> 422
+        body = await asyncio.get_running_loop().run_in_executor(None, the_store().query, q)
+        return Response(body, media_type="application/json")
+
+    @router.get("/counts", dependencies=reads)
+    async def all_counts() -> dict[str, Any]:
+        p = pipeline()
+        found = {s.stream_id: p.analytics(s.stream_id) for s in p.streams()}
+        return {sid: a.counts.snapshot() for sid, a in found.items() if a is not None}
+
+    @router.get("/streams/{stream_id}/counts", dependencies=reads)
+    async def counts(
+        stream_id: str,
+        since: float | None = Query(None, description="unix seconds: count stored events"),
+        until: float | None = Query(None, description="unix seconds, exclusive"),
+    ) -> dict[str, Any]:
+        a = analytics(stream_id)
+        if since is None and until is None:
+            return a.counts.snapshot()
+        s = the_store()
+        start = 0.0 if since is None else since
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, s.counts, stream_id, start, until)
+
+    @router.post("/streams/{stream_id}/counts/reset", dependencies=changes)
+    async def reset(stream_id: str) -> dict[str, Any]:
+        a = analytics(stream_id)
+        a.reset_counts(time.time())
+        return a.counts.snapshot()
+
+    @router.get("/streams/{stream_id}/health", dependencies=reads)
+    async def health(stream_id: str) -> dict[str, Any]:
+        h = analytics(stream_id).health
+        if h is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "checks": {c: h.active[c] for c in CHECKS},
+            "brightness": round(h.brightness, 2),
+            "drift_s": round(h.drift_s, 3),
+        }
+
+    return router
