@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 2
 
 # Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
 # loopback RTSP server, GStreamer's RTSP server with its Python bindings.
-APT_PACKAGES := ffmpeg gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
+APT_PACKAGES := ffmpeg redis-server gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-libav gstreamer1.0-tools
 system-deps:
@@ -47,7 +47,7 @@ replay: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server benchmarks cli
+	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server cluster benchmarks cli
 	$(PY) -m pytest -q
 
 # The full side-by-side benchmark (figures, not pass/fail). Uses ../shared/data when present.
@@ -61,7 +61,7 @@ lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 typecheck:
-	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server benchmarks cli
+	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server cluster benchmarks cli
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -67,8 +67,12 @@ class LivePipeline:
         return self._started and not self._stopping.is_set() and not self.failure
 
     # -- streams ------------------------------------------------------------------------
-    def add_stream(self, spec: StreamConfig, url: str | None = None) -> LiveStream:
-        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``)."""
+    def add_stream(
+        self, spec: StreamConfig, url: str | None = None, first_seq: int = 0
+    ) -> LiveStream:
+        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``). Its messages are
+        numbered from ``first_seq`` (a camera taken over from another worker continues its
+        numbering)."""
         with self._lock:
             if spec.id in self._streams:
                 raise VigilError(f"stream {spec.id!r} already exists")
@@ -84,7 +88,8 @@ class LivePipeline:
                 backoff=Backoff(s.backoff_initial_s, s.backoff_max_s),
                 allow_http=self.cfg.server.allow_http,
             )
-            self._streams[spec.id] = StreamRuntime(stream, build_tracker(self.cfg.tracker))
+            tracker = build_tracker(self.cfg.tracker)
+            self._streams[spec.id] = StreamRuntime(stream, tracker, seq=first_seq)
         stream.start()
         return stream
 

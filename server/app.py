@@ -1,7 +1,7 @@
 """The FastAPI application: REST for streams, health, metrics, and the WebSocket hub.
 
 The event loop only moves data. Decode, inference and tracking run in the pipeline's threads;
-their results reach the loop through one bounded handoff (``_Runtime.handoff``): at most
+their results reach the loop through one bounded handoff (``Runtime.handoff``): at most
 ``HANDOFF_LIMIT`` messages may be scheduled and not yet delivered, beyond that new ones are
 dropped and counted, so a stalled loop can never make the pipeline queue without bound.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
@@ -38,14 +38,38 @@ CLOSE_GOING_AWAY = 1001
 StreamIn = rest_model(StreamConfig, "StreamIn")
 
 
-class _Runtime:
-    """Everything the app owns while it runs."""
+class StreamExists(Exception):
+    """Adding a stream whose id is taken."""
 
-    def __init__(self, cfg: VigilConfig) -> None:
+
+class StreamBackend(Protocol):
+    """Where the streams live: this process's live pipeline (``vigil serve``, :class:`LocalStreams`)
+    or a cluster's desired state in Redis (``vigil gateway``). ``add``, ``remove`` and ``stop``
+    may block (they run off the loop); the others answer from memory."""
+
+    def readiness(self) -> tuple[bool, str]: ...
+    def has(self, stream_id: str) -> bool: ...
+    def list(self) -> list[dict[str, Any]]: ...
+    def status(self, stream_id: str) -> dict[str, Any] | None: ...
+    def add(self, spec: StreamConfig, url: str) -> dict[str, Any]: ...  # or StreamExists
+    def remove(self, stream_id: str) -> bool: ...  # False: no such stream
+    def stop(self, drain_timeout_s: float) -> None: ...
+
+
+class Runtime:
+    """Everything the app owns while it runs. ``backend_factory`` (run off the loop at start-up)
+    replaces the local pipeline with another :class:`StreamBackend`; it feeds the hub through
+    :meth:`handoff` and may create the hub with :meth:`make_hub`."""
+
+    def __init__(
+        self, cfg: VigilConfig, backend_factory: Callable[[Runtime], StreamBackend] | None = None
+    ) -> None:
         self.cfg = cfg
         self.keys = ApiKeys(cfg.auth)
         self.limiter = RateLimiter(cfg.auth.mutations_per_minute)
-        self.metrics = Metrics(lambda: self.pipeline)
+        self.metrics = Metrics(None if backend_factory else lambda: self.pipeline)
+        self.backend_factory = backend_factory
+        self.backend: StreamBackend | None = None
         self.pipeline: LivePipeline | None = None
         self.hub: Hub | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -68,11 +92,32 @@ class _Runtime:
             self._pending -= 1
         # A message of a stream deleted while it was in flight is dropped here, on the loop,
         # after the deletion's own cleanup: it must not bring the stream's snapshot back.
-        if self.hub is not None and self.pipeline is not None and self.pipeline.get(msg.stream):
+        if self.hub is not None and self.backend is not None and self.backend.has(msg.stream):
             self.hub.publish(msg)
+
+    def make_hub(self, class_names: list[str] | tuple[str, ...]) -> Hub:
+        self.hub = Hub(
+            self.cfg.server.ws_queue,
+            class_names,
+            on_sent=self.metrics.latency.observe,
+            on_lost=self.metrics.ws_lost.inc,
+        )
+        return self.hub
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, the reason when not)."""
+        if self.backend is None:
+            return False, "starting"
+        ok, reason = self.backend.readiness()
+        if ok and self.stopped:
+            return False, "shutting down"
+        return ok, reason
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.backend_factory is not None:
+            self.backend = await self.loop.run_in_executor(None, self.backend_factory, self)
+            return
         cfg = self.cfg
         engine = await self.loop.run_in_executor(None, build_engine_low_priority, cfg)
         m = engine.info
@@ -81,18 +126,14 @@ class _Runtime:
         self.metrics.model.info(self.model)
         print(f"model {m.name} {m.version} ({m.precision}, {m.backend}, {m.file}, "
               f"sha256 {m.sha256[:12]})", flush=True)  # fmt: skip
-        self.hub = Hub(
-            cfg.server.ws_queue,
-            engine.info.class_names,
-            on_sent=self.metrics.latency.observe,
-            on_lost=self.metrics.ws_lost.inc,
-        )
+        self.make_hub(engine.info.class_names)
         self.pipeline = LivePipeline(
             cfg, self.handoff, engine, observe_stage=self.metrics.observe_stage
         )
         for entry in cfg.streams:
             self.pipeline.add_stream(*self.spec(entry))
         self.pipeline.start()
+        self.backend = LocalStreams(self.pipeline)
 
     def spec(self, entry: dict[str, Any] | StreamConfig) -> tuple[StreamConfig, str]:
         """A validated stream and the URL FFmpeg will open (the URL policy applied)."""
@@ -105,9 +146,9 @@ class _Runtime:
         if self.stopped:
             return
         self.stopped = True
-        if self.pipeline is not None:
+        if self.backend is not None:
             drain = self.cfg.server.drain_timeout_s
-            await asyncio.get_running_loop().run_in_executor(None, self.pipeline.stop, drain)
+            await asyncio.get_running_loop().run_in_executor(None, self.backend.stop, drain)
         await asyncio.sleep(0)  # deliver what the drain handed over
         if self.hub is not None:
             for client in list(self.hub.clients):
@@ -141,6 +182,44 @@ def stream_status(stream: LiveStream, rates: dict[str, float], errors: int = 0) 
     }
 
 
+class LocalStreams:
+    """The :class:`StreamBackend` of ``vigil serve``: this process's :class:`LivePipeline`."""
+
+    def __init__(self, pipeline: LivePipeline) -> None:
+        self.pipeline = pipeline
+
+    def readiness(self) -> tuple[bool, str]:
+        p = self.pipeline
+        return p.ready, p.failure or ("" if p.ready else "starting")
+
+    def has(self, stream_id: str) -> bool:
+        return self.pipeline.get(stream_id) is not None
+
+    def status(self, stream_id: str) -> dict[str, Any] | None:
+        p = self.pipeline
+        s = p.get(stream_id)
+        return None if s is None else stream_status(s, p.rates(stream_id), p.errors(stream_id))
+
+    def list(self) -> list[dict[str, Any]]:
+        p = self.pipeline
+        return [stream_status(s, p.rates(s.spec.id), p.errors(s.spec.id)) for s in p.streams()]
+
+    def add(self, spec: StreamConfig, url: str) -> dict[str, Any]:
+        if self.has(spec.id):
+            raise StreamExists(spec.id)
+        return stream_status(self.pipeline.add_stream(spec, url), {})
+
+    def remove(self, stream_id: str) -> bool:
+        try:
+            self.pipeline.remove_stream(stream_id)
+        except KeyError:
+            return False
+        return True
+
+    def stop(self, drain_timeout_s: float) -> None:
+        self.pipeline.stop(drain_timeout_s)
+
+
 def _presented_key(headers: Any, query: Any = None) -> str | None:
     key = headers.get("x-api-key")
     if key:
@@ -153,8 +232,12 @@ def _presented_key(headers: Any, query: Any = None) -> str | None:
     return None
 
 
-def create_app(cfg: VigilConfig) -> FastAPI:
-    rt = _Runtime(cfg)
+def create_app(
+    cfg: VigilConfig, backend_factory: Callable[[Runtime], StreamBackend] | None = None
+) -> FastAPI:
+    """The app of ``vigil serve`` (a local pipeline), or with ``backend_factory`` of any other
+    :class:`StreamBackend` (``vigil gateway``): same REST, WebSocket protocol, auth and metrics."""
+    rt = Runtime(cfg, backend_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -184,10 +267,10 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         if not rt.limiter.allow(who):
             raise HTTPException(429, "too many changes; slow down")
 
-    def pipeline() -> LivePipeline:
-        if rt.pipeline is None:
+    def backend() -> StreamBackend:
+        if rt.backend is None:
             raise HTTPException(503, "not ready")
-        return rt.pipeline
+        return rt.backend
 
     @app.exception_handler(VigilError)
     async def vigil_error(_: Request, exc: VigilError) -> JSONResponse:
@@ -199,15 +282,10 @@ def create_app(cfg: VigilConfig) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        p = rt.pipeline
-        ok = p is not None and p.ready and not rt.stopped
+        ok, reason = rt.readiness()
         body: dict[str, Any] = {"ready": ok, "model": rt.model}
-        if p is not None and p.failure:
-            body["reason"] = p.failure
-        elif rt.stopped:
-            body["reason"] = "shutting down"
-        elif not ok:
-            body["reason"] = "starting"
+        if reason:
+            body["reason"] = reason
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
@@ -220,32 +298,32 @@ def create_app(cfg: VigilConfig) -> FastAPI:
 
     @app.get("/api/streams", dependencies=[Depends(read_access)])
     async def list_streams() -> list[dict[str, Any]]:
-        p = pipeline()
-        return [stream_status(s, p.rates(s.spec.id), p.errors(s.spec.id)) for s in p.streams()]
+        return backend().list()
 
     @app.get("/api/streams/{stream_id}", dependencies=[Depends(read_access)])
     async def get_stream(stream_id: str) -> dict[str, Any]:
-        p = pipeline()
-        s = p.get(stream_id)
+        s = backend().status(stream_id)
         if s is None:
             raise HTTPException(404, f"no stream {stream_id!r}")
-        return stream_status(s, p.rates(stream_id), p.errors(stream_id))
+        return s
 
     @app.post("/api/streams", status_code=201, dependencies=[Depends(mutation)])
     async def add_stream(body: StreamIn) -> dict[str, Any]:  # type: ignore[valid-type]
-        p = pipeline()
+        b = backend()
         spec, url = rt.spec(cast(BaseModel, body).model_dump())
-        if p.get(spec.id) is not None:
-            raise HTTPException(409, f"stream {spec.id!r} already exists")
-        stream = await asyncio.get_running_loop().run_in_executor(None, p.add_stream, spec, url)
-        return stream_status(stream, {})
+        try:
+            if b.has(spec.id):
+                raise StreamExists(spec.id)
+            return await asyncio.get_running_loop().run_in_executor(None, b.add, spec, url)
+        except StreamExists:
+            raise HTTPException(409, f"stream {spec.id!r} already exists") from None
 
     @app.delete("/api/streams/{stream_id}", status_code=204, dependencies=[Depends(mutation)])
     async def remove_stream(stream_id: str) -> Response:
-        p = pipeline()
-        if p.get(stream_id) is None:
+        b = backend()
+        loop = asyncio.get_running_loop()
+        if not b.has(stream_id) or not await loop.run_in_executor(None, b.remove, stream_id):
             raise HTTPException(404, f"no stream {stream_id!r}")
-        await asyncio.get_running_loop().run_in_executor(None, p.remove_stream, stream_id)
         if rt.hub is not None:
             rt.hub.forget_stream(stream_id)
         return Response(status_code=204)

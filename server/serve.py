@@ -74,11 +74,8 @@ def _graceful_server(app: Any, config: Any) -> Any:
     return GracefulServer(config)
 
 
-def serve(cfg: VigilConfig) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status. VigilError for bad settings."""
-    import uvicorn
-
-    from server.app import create_app
+def check_serving(cfg: VigilConfig) -> bool:
+    """Refuse settings a server must not start with; True when API keys are configured."""
     from server.auth import ApiKeys
 
     keys = ApiKeys(cfg.auth)
@@ -93,7 +90,22 @@ def serve(cfg: VigilConfig) -> int:
         )
     if not Path(cfg.server.media_root).is_dir():
         raise VigilError(f"server.media_root is not a folder: {cfg.server.media_root}")
-    app = create_app(cfg)
+    return keys.enabled
+
+
+def serve(cfg: VigilConfig) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status. VigilError for bad settings."""
+    from server.app import create_app
+
+    keyed = check_serving(cfg)
+    return run_app(create_app(cfg), cfg, "Vigil serving", keyed)
+
+
+def run_app(app: Any, cfg: VigilConfig, title: str, keyed: bool) -> int:
+    """Run ``app`` (whose ``state.runtime.stop()`` shuts it down in order) under uvicorn on
+    ``cfg.server``'s address until SIGTERM/SIGINT; prints one line with the addresses."""
+    import uvicorn
+
     config = uvicorn.Config(
         app,
         host=cfg.server.host,
@@ -110,9 +122,9 @@ def serve(cfg: VigilConfig) -> int:
     server = _graceful_server(app, config)
     host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
     base = f"{host}:{cfg.server.port}"
-    auth = "API key required" if keys.enabled else "no API keys configured: auth off"
+    auth = "API key required" if keyed else "no API keys configured: auth off"
     print(
-        f"Vigil serving http://{base} - API docs http://{base}/docs, "
+        f"{title} http://{base} - API docs http://{base}/docs, "
         f"WebSocket ws://{base}/ws, metrics http://{base}/metrics ({auth})",
         flush=True,
     )
