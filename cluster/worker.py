@@ -403,4 +403,4 @@ def serve_worker(cfg: VigilConfig) -> int:
     except redis.AuthenticationError as e:
         raise VigilError(f"redis refused the credentials: {e}") from None
     app = create_worker_app(worker)
-    return run_app(app, cfg, f"Vigil worker {worker.node}", keyed=False)
+    return run_app(app, cfg, f"Vigil worker {worker.node}", keyed=False, api=False)

@@ -101,9 +101,10 @@ def serve(cfg: VigilConfig) -> int:
     return run_app(create_app(cfg), cfg, "Vigil serving", keyed)
 
 
-def run_app(app: Any, cfg: VigilConfig, title: str, keyed: bool) -> int:
+def run_app(app: Any, cfg: VigilConfig, title: str, keyed: bool, api: bool = True) -> int:
     """Run ``app`` (whose ``state.runtime.stop()`` shuts it down in order) under uvicorn on
-    ``cfg.server``'s address until SIGTERM/SIGINT; prints one line with the addresses."""
+    ``cfg.server``'s address until SIGTERM/SIGINT; prints one line with the addresses (``api``:
+    it serves the REST API and the WebSocket)."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -123,11 +124,13 @@ def run_app(app: Any, cfg: VigilConfig, title: str, keyed: bool) -> int:
     host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
     base = f"{host}:{cfg.server.port}"
     auth = "API key required" if keyed else "no API keys configured: auth off"
-    print(
-        f"{title} http://{base} - API docs http://{base}/docs, "
-        f"WebSocket ws://{base}/ws, metrics http://{base}/metrics ({auth})",
-        flush=True,
+    where = (
+        f"API docs http://{base}/docs, WebSocket ws://{base}/ws, metrics http://{base}/metrics "
+        f"({auth})"
+        if api
+        else f"/healthz, /readyz, metrics http://{base}/metrics"
     )
+    print(f"{title} http://{base} - {where}", flush=True)
     # uvicorn re-raises the signal it caught after shutting down; with these no-op handlers in
     # place that ends the process normally (exit 0) instead of dying by the signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
