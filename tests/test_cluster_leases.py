@@ -170,7 +170,7 @@ def test_writer_buffers_a_bounded_amount_while_redis_is_away(tmp_path: Path) -> 
 
 
 def test_a_malformed_redis_url_is_one_clear_error() -> None:
-    with pytest.raises(VigilError, match="redis.url"):
+    with pytest.raises(VigilError, match=r"redis\.url"):
         connect(RedisConfig(url="http://example"))
     with pytest.raises(VigilError, match="password_file"):
         connect(RedisConfig(password_file="/nonexistent/secret"))
