@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -121,3 +122,124 @@ def stop_role(server: Server, timeout: float = 20.0) -> int:
             server.proc.kill()
             server.proc.wait()
     return int(server.proc.returncode)
+
+
+class WsCollector:
+    """A gateway's WebSocket client in a background thread, reconnecting (with ``last_seq``)
+    when the connection drops. Records, per camera, every message as (seq, received, arrival)
+    with ``received`` the local wall clock."""
+
+    def __init__(self, url: str) -> None:
+        import asyncio
+        import threading
+
+        self.url = url
+        self.messages: dict[str, list[tuple[int, float, float]]] = {}
+        self.lost = 0
+        self.regressions = 0
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._stop: Any = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+
+    async def _run(self) -> None:
+        import asyncio
+        import json
+
+        import websockets
+
+        self._stop = asyncio.Event()
+        while not self._stop.is_set():
+            try:
+                async with websockets.connect(self.url, open_timeout=5) as ws:
+                    last = {cam: m[-1][0] for cam, m in self.snapshot().items() if m}
+                    await ws.send(json.dumps({"op": "subscribe", "last_seq": last}))
+                    while not self._stop.is_set():
+                        try:
+                            raw = await asyncio.wait_for(ws.recv(), 0.5)
+                        except TimeoutError:
+                            continue
+                        now = time.time()
+                        msg = json.loads(raw)
+                        if msg.get("op") == "lost":
+                            self.lost += int(msg["count"])
+                        if "seq" not in msg:
+                            continue
+                        with self._lock:
+                            rows = self.messages.setdefault(msg["stream"], [])
+                            if rows and msg["seq"] <= rows[-1][0]:
+                                self.regressions += 1  # never expected: counted, not kept
+                                continue
+                            rows.append((int(msg["seq"]), now, float(msg["ts"])))
+            except (OSError, TimeoutError, websockets.WebSocketException):
+                await asyncio.sleep(0.2)
+
+    def snapshot(self) -> dict[str, list[tuple[int, float, float]]]:
+        with self._lock:
+            return {cam: list(rows) for cam, rows in self.messages.items()}
+
+    def count(self, cam: str, since: float = 0.0) -> int:
+        """Messages of ``cam`` received after the wall-clock time ``since``."""
+        with self._lock:
+            return sum(1 for _, t, _ in self.messages.get(cam, []) if t > since)
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        with contextlib.suppress(Exception):
+            self._task.result(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def seq_gaps(rows: list[tuple[int, float, float]]) -> int:
+    """Messages missing between consecutive received seqs."""
+    return sum(b[0] - a[0] - 1 for a, b in itertools.pairwise(rows))
+
+
+class Cluster:
+    """Redis, one gateway and named workers, all real processes, sharing one config."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], aof: bool = True) -> None:
+        self.folder = folder
+        self.redis = RedisServer(folder / "redis", aof)
+        self.config = {**config, "redis": {**config.get("redis", {}), "url": self.redis.url}}
+        self.workers: dict[str, Server] = {}
+        self.gateway: Server | None = None
+
+    def start(self, workers: list[str]) -> None:
+        self.redis.start()
+        self.gateway = start_role("gateway", self.config, self.folder, "gateway")
+        for name in workers:
+            self.workers[name] = start_role("worker", self.config, self.folder, name)
+        wait_ready(self.gateway)
+        for w in self.workers.values():
+            wait_ready(w)
+
+    def add_worker(self, name: str) -> Server:
+        self.workers[name] = start_role("worker", self.config, self.folder, name)
+        wait_ready(self.workers[name])
+        return self.workers[name]
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            stop_role(w)
+        if self.gateway is not None:
+            stop_role(self.gateway)
+        self.redis.stop()
+
+    def owners(self) -> dict[str, tuple[str, int]]:
+        """Camera -> (worker, token) of every lease held now, read from Redis."""
+        from cluster.connection import Keys
+        from cluster.leases import parse_value
+
+        keys = Keys(self.config.get("redis", {}).get("key_prefix", "vigil"))
+        client: Any = self.redis.client()
+        cams = sorted(k.decode() for k in client.hkeys(keys.streams))
+        values = client.mget([keys.lease(c) for c in cams]) if cams else []
+        return {c: h for c, v in zip(cams, values, strict=True) if (h := parse_value(v))}
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text()

@@ -49,9 +49,12 @@ return 0
 """
 
 # ARGV: lease value, maxlen, fields per entry (n), then the entries' field/value pairs.
-# Returns the number of entries appended: 0 when the lease is not (or no longer) ours.
+# Returns the number of entries appended; 0 when another worker holds the lease, -1 when
+# nobody does (it expired: the writer keeps the entries until the worker claims it again).
 _APPEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local v = redis.call('GET', KEYS[1])
+if not v then return -1 end
+if v ~= ARGV[1] then return 0 end
 local n = tonumber(ARGV[3])
 local count = 0
 for i = 4, #ARGV, n do
@@ -140,7 +143,8 @@ class Leases:
     ) -> list[int]:
         """Fenced appends, one script call per (lease, stream key, maxlen, entries) in one
         round trip. Each entry is a flat field/value list of the same length. Returns how many
-        entries each call appended (0: refused, the lease is not ours)."""
+        entries each call appended: 0 refused (another worker holds the lease), -1 refused
+        for now (nobody holds it)."""
         pipe = self.client.pipeline(transaction=False)
         calls = 0
         for lease, key, maxlen, entries in batches:

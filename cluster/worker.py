@@ -1,23 +1,25 @@
 """``vigil worker``: run the live pipeline for the cameras this process owns by lease.
 
-One control thread, every ``min(cluster.claim_interval_s, lease_ttl_s / 3)``:
+Two threads talk to Redis besides the writer, so that slow work never delays a renewal:
 
-1. renews every held lease (one round trip) at a third of the TTL. A lease found *taken by
-   another worker* stops that camera at once and drops what is buffered for it; a lease found
-   *expired* (Redis was away longer than the TTL) is claimed again, and if the new token is
-   the old one + 1, nobody owned the camera in between, so it keeps running and its buffer is
-   kept;
-2. writes the heartbeat (this worker's status, with a TTL) and reads the desired state;
-3. stops cameras no longer desired (or changed: they are handed back and claimed afresh);
-4. claims unowned cameras up to ``min(capacity, fair share)``, the fair share being the desired
-   cameras over the live workers; with ``cluster.rebalance``, a worker above its fair share
-   hands one camera back per round while another worker is below it.
+- the **lease keeper**, every third of the TTL (and at once when the writer's fenced append was
+  refused): renews every held lease in one round trip and writes the heartbeat (this worker's
+  status, which expires with the lease TTL). A lease found *taken by another worker* ends that
+  camera's tenure at once (nothing more of it is written; what is buffered is dropped) and the
+  camera is queued for stopping; a lease found *expired* (Redis was away longer than the TTL)
+  is claimed again, and if the new token is the old one + 1 nobody owned the camera in
+  between: it keeps running and its buffered results are kept;
+- the **control thread**, every ``cluster.claim_interval_s``: stops the cameras queued by the
+  keeper, reads the desired state, hands back cameras no longer desired (or changed), claims
+  unowned cameras up to ``min(capacity, fair share)`` (the desired cameras over the live
+  workers) and, with ``cluster.rebalance``, hands one camera back per round while it is above
+  its fair share and another worker is below it.
 
 A camera's first message after a claim continues the camera's ``seq`` after the last entry in
 its Redis Stream, skipping the frames nobody analyzed meanwhile (a gap a client can count).
 Results go through :class:`cluster.writer.ResultWriter` (bounded, fenced). When Redis is away
-the cameras keep running and their messages are buffered (bounded); the control thread retries
-with backoff. SIGTERM: stop intake, flush, release every lease (others take over at once).
+the cameras keep running and their messages are buffered (bounded); both threads retry with
+backoff. SIGTERM: stop intake, flush, release every lease (others take over at once).
 """
 
 from __future__ import annotations
@@ -89,7 +91,6 @@ class Worker:
         self.keys = Keys(cfg.redis.key_prefix)
         self.leases = Leases(self.client, self.keys, c.lease_ttl_s)
         self.capacity = admission_capacity(cfg)
-        self.tick_s = min(c.claim_interval_s, c.lease_ttl_s / 3)
         self.pipeline: LivePipeline | None = None
         self.server_metrics = Metrics(lambda: self.pipeline)
         self.metrics = WorkerMetrics(self.server_metrics.registry)
@@ -105,16 +106,21 @@ class Worker:
         self._engine = engine
         self._refused: dict[str, tuple[float, str]] = {}
         self._known_token: dict[str, int] = {}
-        self._suspect: set[Lease] = set()
+        self._to_stop: set[str] = set()
+        self._was_down = False
+        self._back_at = -1e18  # when Redis came back after an outage
         self._lock = threading.Lock()
         self._desired: dict[str, bytes] = {}
         self._desired_rev: bytes | None = None
-        self._next_renew = 0.0
         self._next_rebalance = 0.0
         self._stopping = threading.Event()
         self._wake = threading.Event()
+        self._renew_now = threading.Event()
         self._log = ThrottledLog()
-        self._thread = threading.Thread(target=self._control, name="vigil-control", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._keeper, name="vigil-lease-keeper", daemon=True),
+            threading.Thread(target=self._control, name="vigil-control", daemon=True),
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,7 +134,8 @@ class Worker:
         )
         self.pipeline.start()
         self.writer.start()
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         print(f"worker {self.node}: model {m.name} {m.version} ({m.precision}, {m.backend}), "
               f"up to {self.capacity} cameras, lease {self.cfg.cluster.lease_ttl_s:g} s",
               flush=True)  # fmt: skip
@@ -137,8 +144,10 @@ class Worker:
         """Stop claiming, stop every camera, flush what is buffered, release every lease."""
         self._stopping.set()
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(drain_timeout_s + 5)
+        self._renew_now.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(drain_timeout_s + 5)
         if self.pipeline is not None:
             self.pipeline.stop(drain_timeout_s)
         self.writer.stop(flush_timeout_s=max(1.0, drain_timeout_s))
@@ -182,29 +191,94 @@ class Worker:
 
     # -- callbacks from the writer thread -----------------------------------------------------
     def _on_rejected(self, lease: Lease) -> None:
-        with self._lock:
-            self._suspect.add(lease)
-        self._wake.set()
+        """The fence refused an append: check the leases now rather than at the next round."""
+        self._renew_now.set()
 
     def _set_redis(self, up: bool) -> None:
         if up != self.redis_up:
             print(f"worker {self.node}: redis {'back' if up else 'unreachable'}", flush=True)
+            if up and self._was_down:  # every worker's leases may have expired meanwhile
+                self._back_at = time.monotonic()
+            self._was_down = not up
         self.redis_up = up
         self.metrics.redis_up.set(1 if up else 0)
+
+    # -- the lease keeper -------------------------------------------------------------------
+    def _keeper(self) -> None:
+        backoff = Backoff(self.cfg.redis.backoff_initial_s, self.cfg.redis.backoff_max_s)
+        period = self.cfg.cluster.lease_ttl_s / 3
+        while not self._stopping.is_set():
+            wait = period
+            try:
+                self._renew()
+                self._heartbeat()
+                backoff.reset()
+                self._set_redis(True)
+            except REDIS_DOWN as e:
+                self._set_redis(False)
+                self.metrics.redis_errors.labels("keeper").inc()
+                self._log("redis", f"vigil: worker {self.node}: redis: {e}; cameras keep running")
+                wait = backoff.next_delay()
+            except Exception as e:  # never let the keeper die
+                self._log("keeper", f"vigil: worker {self.node}: {type(e).__name__}: {e}")
+            self._renew_now.wait(wait)
+            self._renew_now.clear()
+
+    def _renew(self) -> None:
+        with self._lock:
+            owned = list(self.owned.values())
+        sent = time.monotonic()
+        results = self.leases.renew([o.lease for o in owned])
+        for o, r in zip(owned, results, strict=True):
+            if r == 1:
+                o.renewed = sent
+            elif r == 0:
+                self._reclaim(o)
+            else:
+                self._lose(o.lease)
+
+    def _reclaim(self, o: Owned) -> None:
+        """Our lease expired with nobody else holding it (Redis was away past the TTL)."""
+        old = o.lease
+        new = self.leases.claim(old.camera, self.node, floor=old.token)
+        if new is None:
+            self._lose(old)
+            return
+        self._known_token[old.camera] = new.token
+        if new.token == old.token + 1:  # nobody owned it in between: carry on
+            self.writer.rebind(old, new)
+            with self._lock:
+                o.lease, o.renewed = new, time.monotonic()
+            self.metrics.claims.inc()
+            return
+        self.leases.release([new])  # another worker owned it meanwhile: start afresh later
+        self._lose(old)
+
+    def _lose(self, lease: Lease) -> None:
+        """The tenure is over (another worker holds or held the camera): nothing more of it is
+        written from now on; the control thread stops the camera at its next round."""
+        cam = lease.camera
+        with self._lock:
+            o = self.owned.get(cam)
+            if o is None or o.lease != lease:
+                return
+            self.owned.pop(cam)
+            self._to_stop.add(cam)
+        self.writer.disown(cam)
+        self.metrics.lost.inc()
+        self._wake.set()
+        print(f"worker {self.node}: lost the lease of {cam}; stopping it", flush=True)
 
     # -- the control thread ------------------------------------------------------------------
     def _control(self) -> None:
         backoff = Backoff(self.cfg.redis.backoff_initial_s, self.cfg.redis.backoff_max_s)
         while not self._stopping.is_set():
-            wait = self.tick_s
+            wait = self.cfg.cluster.claim_interval_s
             try:
                 self._tick()
                 backoff.reset()
-                self._set_redis(True)
-            except REDIS_DOWN as e:
-                self._set_redis(False)
+            except REDIS_DOWN:
                 self.metrics.redis_errors.labels("control").inc()
-                self._log("redis", f"vigil: worker {self.node}: redis: {e}; cameras keep running")
                 wait = backoff.next_delay()
             except Exception as e:  # never let the control thread die
                 self._log("control", f"vigil: worker {self.node}: {type(e).__name__}: {e}")
@@ -213,13 +287,15 @@ class Worker:
 
     def _tick(self) -> None:
         with self._lock:
-            suspect, self._suspect = self._suspect, set()
-        current = {o.lease for o in self.owned.values()}
-        if suspect & current or time.monotonic() >= self._next_renew:
-            self._renew()
-        self._heartbeat()
+            to_stop, self._to_stop = self._to_stop, set()
+        for cam in to_stop:
+            if self.pipeline is not None and cam not in self.owned:
+                with contextlib.suppress(KeyError):
+                    self.pipeline.remove_stream(cam)
         desired = self._read_desired()
-        for cam, o in list(self.owned.items()):
+        with self._lock:
+            owned = list(self.owned.items())
+        for cam, o in owned:
             if cam not in desired:
                 self._hand_back(cam, "removed")
             elif desired[cam] != o.spec_json:
@@ -231,46 +307,6 @@ class Worker:
         if self.cfg.cluster.rebalance:
             self._rebalance(desired, peers)
         self.metrics.streams.set(len(self.owned))
-
-    def _renew(self) -> None:
-        owned = list(self.owned.values())
-        sent = time.monotonic()
-        results = self.leases.renew([o.lease for o in owned])
-        self._next_renew = sent + self.cfg.cluster.lease_ttl_s / 3
-        for o, r in zip(owned, results, strict=True):
-            if r == 1:
-                o.renewed = sent
-            elif r == 0:
-                self._reclaim(o)
-            else:
-                self._lose(o.lease.camera)
-
-    def _reclaim(self, o: Owned) -> None:
-        """Our lease expired with nobody else holding it (Redis was away past the TTL)."""
-        cam = o.lease.camera
-        new = self.leases.claim(cam, self.node, floor=o.lease.token)
-        if new is None:
-            self._lose(cam)
-            return
-        self._known_token[cam] = new.token
-        if new.token == o.lease.token + 1:  # nobody owned it in between: carry on
-            self.writer.rebind(o.lease, new)
-            o.lease, o.renewed = new, time.monotonic()
-            self.metrics.claims.inc()
-            return
-        o.lease = new  # another worker owned it meanwhile: start a fresh tenure
-        self._hand_back(cam, "superseded")
-
-    def _lose(self, cam: str) -> None:
-        """Another worker holds the camera: stop it at once; nothing buffered is written."""
-        with self._lock:
-            self.owned.pop(cam, None)
-        self.writer.disown(cam)
-        if self.pipeline is not None:
-            with contextlib.suppress(KeyError):
-                self.pipeline.remove_stream(cam)
-        self.metrics.lost.inc()
-        print(f"worker {self.node}: lost the lease of {cam}; stopped it", flush=True)
 
     def _hand_back(self, cam: str, reason: str) -> None:
         """Stop the camera, write what is buffered for it, then release its lease."""
@@ -284,13 +320,14 @@ class Worker:
         while self.writer.pending_for(cam) and time.monotonic() < deadline:
             time.sleep(0.01)
         with self._lock:
-            self.owned.pop(cam, None)
+            current = self.owned.pop(cam, None)  # the keeper may have renewed its token
         self.writer.disown(cam)
-        self.leases.release([o.lease])
-        self.metrics.released.labels(reason).inc()
+        if current is not None:
+            self.leases.release([current.lease])
+            self.metrics.released.labels(reason).inc()
 
     def _heartbeat(self) -> None:
-        ttl_ms = int(max(3 * self.tick_s, 1.0) * 1000)
+        ttl_ms = int(self.cfg.cluster.lease_ttl_s * 1000)  # dead after as long as its leases
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.worker(self.node), json.dumps(self.status()), px=ttl_ms)
         pipe.zadd(self.keys.workers, {self.node: int(time.time() * 1000)})
@@ -323,6 +360,8 @@ class Worker:
         return live
 
     def _claim(self, desired: dict[str, bytes], peers: dict[str, int]) -> None:
+        if time.monotonic() - self._back_at < self.cfg.cluster.lease_ttl_s:
+            return  # after an outage, each worker first takes its own cameras back
         fair = math.ceil(len(desired) / max(1, len(peers)))
         room = min(self.capacity, fair) - len(self.owned)
         if room <= 0:
@@ -379,15 +418,17 @@ class Worker:
         self._log(f"refused:{cam}", f"vigil: worker {self.node}: cannot run {cam}: {why}")
 
     def _rebalance(self, desired: dict[str, bytes], peers: dict[str, int]) -> None:
+        ttl = self.cfg.cluster.lease_ttl_s
         now = time.monotonic()
-        if now < self._next_rebalance or len(peers) < 2:
+        if now < self._next_rebalance or len(peers) < 2 or now - self._back_at < 2 * ttl:
             return
         fair = math.ceil(len(desired) / len(peers))
         below = [n for n, owned in peers.items() if n != self.node and owned < fair]
-        if len(self.owned) > fair and below:
-            newest = max(self.owned, key=lambda c: self.owned[c].lease.token)
-            self._hand_back(newest, "rebalance")
-        self._next_rebalance = now + max(2.0, 2 * self.tick_s)
+        with self._lock:
+            owned = {cam: o.lease.token for cam, o in self.owned.items()}
+        if len(owned) > fair and below:
+            self._hand_back(max(owned, key=owned.__getitem__), "rebalance")
+        self._next_rebalance = now + max(2.0, 2 * self.cfg.cluster.claim_interval_s)
 
 
 def serve_worker(cfg: VigilConfig) -> int:

@@ -6,7 +6,9 @@ current lease (its tenure) and appends it to a bounded buffer; beyond ``capacity
 entries are dropped and counted. The writer thread sends up to ``batch`` entries per round trip
 (one fenced script call per camera). While Redis is away it keeps the buffer, bounded, and
 retries with jittered backoff; entries the fence refuses (the lease is no longer this
-worker's) are dropped and reported to ``on_rejected`` so the worker stops that camera at once.
+worker's) are dropped and reported to ``on_rejected`` so the worker stops that camera at once;
+entries refused because the lease *expired* (nobody holds it: Redis was away past the TTL) are
+kept, bounded, until the worker has claimed the camera again (see :meth:`rebind`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class ResultWriter:
         self._on_rejected = on_rejected
         self._on_redis = on_redis
         self._tenure: dict[str, Lease] = {}
+        self._rebound: dict[Lease, Lease] = {}
         self._buffer: deque[Pending] = deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -72,6 +75,7 @@ class ResultWriter:
         buffered entries belong to the new tenure."""
         with self._cond:
             self._tenure[new.camera] = new
+            self._rebound[old] = new  # for entries in flight now
             self._buffer = deque(
                 Pending(new, p.key, p.fields) if p.lease == old else p for p in self._buffer
             )
@@ -80,6 +84,7 @@ class ResultWriter:
         """Stop accepting the camera's messages and drop what is buffered for it."""
         with self._cond:
             self._tenure.pop(camera, None)
+            self._rebound = {o: n for o, n in self._rebound.items() if o.camera != camera}
             before = len(self._buffer)
             self._buffer = deque(p for p in self._buffer if p.lease.camera != camera)
             dropped = before - len(self._buffer)
@@ -139,6 +144,7 @@ class ResultWriter:
     def _give_back(self, items: list[Pending]) -> None:
         """Failed round trip: put the entries back in front, keeping the newest within bounds."""
         with self._cond:
+            items = [Pending(self._rebound.get(p.lease, p.lease), p.key, p.fields) for p in items]
             merged = items + list(self._buffer)
             overflow = max(0, len(merged) - self.capacity)
             if overflow:
@@ -156,6 +162,7 @@ class ResultWriter:
             for p in items:
                 groups.setdefault((p.lease, p.key), []).append(p.fields)
             batches = [(lease, key, self.maxlen, e) for (lease, key), e in groups.items()]
+            batches_index = {(lease, key): i for i, (lease, key, _, _) in enumerate(batches)}
             try:
                 appended = self.leases.append_many(batches)
             except REDIS_DOWN as e:
@@ -178,8 +185,15 @@ class ResultWriter:
                 self._inflight = 0
             self._backoff.reset()
             self._on_redis(True)
+            expired = [p for p in items if appended[batches_index[(p.lease, p.key)]] < 0]
+            if expired:
+                self._give_back(expired)
             for (lease, _, _, entries), n in zip(batches, appended, strict=True):
-                self.metrics.written.inc(n)
-                if n < len(entries):
-                    self.metrics.rejected.inc(len(entries) - n)
+                if n > 0:
+                    self.metrics.written.inc(n)
+                elif n == 0:
+                    self.metrics.rejected.inc(len(entries))
+                if n <= 0:
                     self._on_rejected(lease)
+            if expired:  # wait for the worker to claim the camera again
+                self._stop.wait(self._backoff.next_delay())
