@@ -10,9 +10,10 @@ export OMP_NUM_THREADS ?= 2
 
 .PHONY: install run replay bench test lint typecheck system-deps clean
 
-# Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
-# loopback RTSP server, GStreamer's RTSP server with its Python bindings.
-APT_PACKAGES := ffmpeg redis-server gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
+# Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess); for the tests, a
+# loopback Redis (scale-out), docker-compose (validates docker/compose.yaml offline) and
+# GStreamer's RTSP server with its Python bindings.
+APT_PACKAGES := ffmpeg redis-server docker-compose gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-libav gstreamer1.0-tools
 system-deps:

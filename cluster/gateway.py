@@ -2,7 +2,8 @@
 
 The gateway is ``server.app.create_app`` with :class:`Gateway` as its stream backend:
 
-- **desired state**: ``POST /api/streams`` adds the camera to the desired-state hash
+- **desired state**: the config's ``streams:`` are added at start-up (ids already in Redis are
+  left alone); ``POST /api/streams`` adds the camera to the desired-state hash
   (``HSETNX``: exactly one of two racing requests wins, the other gets 409), ``DELETE`` removes
   it (``HDEL``: 404 if it was not there); both bump the revision workers watch.
   ``GET /api/streams`` answers from a cache refreshed about once a second: the desired cameras,
@@ -88,6 +89,7 @@ class Gateway:
         self._log = ThrottledLog()
         self._backoff = Backoff(cfg.redis.backoff_initial_s, cfg.redis.backoff_max_s)
         self._next_refresh = 0.0
+        self._seeded = False
         self._thread = threading.Thread(target=self._run, name="vigil-gateway", daemon=True)
         self._thread.start()
         print(f"gateway {self.node}: redis {redacted(cfg.redis.url)}, prefix "
@@ -182,8 +184,23 @@ class Gateway:
                 self._log("reader", f"vigil: gateway {self.node}: {type(e).__name__}: {e}")
                 self._stop.wait(0.5)
 
+    def _seed(self) -> None:
+        """The config's ``streams:`` join the desired state once (ids already there are left
+        as they are: the desired state in Redis wins)."""
+        if not self.cfg.streams:
+            self._seeded = True
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for spec in self.cfg.streams:
+            pipe.hsetnx(self.keys.streams, spec.id, json.dumps(asdict(spec), sort_keys=True))
+        pipe.incr(self.keys.streams_rev)
+        pipe.execute()
+        self._seeded = True
+
     def _refresh(self) -> None:
         """Desired state (when its revision moved), lease holders and worker statuses."""
+        if not self._seeded:
+            self._seed()
         rev = self.client.get(self.keys.streams_rev)
         if rev is None or rev != self._rev:
             raw = self.client.hgetall(self.keys.streams)

@@ -15,6 +15,11 @@ class WorkerMetrics:
         self.capacity = Gauge(
             "vigil_worker_capacity", "The most cameras this worker admits", registry=r
         )
+        self.load = Gauge(
+            "vigil_worker_load",
+            "Cameras owned over admission capacity (0..1): the autoscaling signal",
+            registry=r,
+        )
         self.buffered = Gauge(
             "vigil_worker_buffered_entries", "Entries waiting to be written to Redis", registry=r
         )

@@ -307,6 +307,7 @@ class Worker:
         if self.cfg.cluster.rebalance:
             self._rebalance(desired, peers)
         self.metrics.streams.set(len(self.owned))
+        self.metrics.load.set(len(self.owned) / self.capacity)
 
     def _hand_back(self, cam: str, reason: str) -> None:
         """Stop the camera, write what is buffered for it, then release its lease."""
