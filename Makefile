@@ -8,7 +8,7 @@ SAMPLE := assets/one-by-one-person-detection.mp4
 # Ultralytics-free, offline, and quiet: nothing here downloads at run time.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install run replay bench test lint typecheck system-deps clean
+.PHONY: install run replay bench test lint typecheck system-deps clean image image-test
 
 # Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess); for the tests, a
 # loopback Redis (scale-out), docker-compose (validates docker/compose.yaml offline) and
@@ -50,6 +50,16 @@ test: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy pipeline models trackers evaluation toolchain server cluster benchmarks cli
 	$(PY) -m pytest -q
+
+# The CPU container image (docker, podman or buildah; FROM an mmdebstrap Debian base where no
+# registry is reachable): localhost/vigil:cpu. `make image-test` builds it and smoke-tests it
+# (replay of the bundled clip, /healthz, non-root) with buildah.
+IMAGE ?= localhost/vigil:cpu
+image: install
+	IMAGE=$(IMAGE) bash docker/build.sh
+
+image-test: install
+	$(PY) -m pytest -q -m image tests/test_image.py
 
 # The full side-by-side benchmark (figures, not pass/fail). Uses ../shared/data when present.
 SHARED ?= ../shared/data
