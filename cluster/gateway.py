@@ -15,6 +15,8 @@ The gateway is ``server.app.create_app`` with :class:`Gateway` as its stream bac
   camera starts from its latest entry, which becomes the ``last_seq`` snapshot.
 - **readiness**: ``/readyz`` answers 503 while Redis does not; the reader reconnects with
   jittered backoff and resumes after the last entry it delivered.
+- **events** (given an ``event_store``): a second thread takes each camera's events through the
+  consumer group (:mod:`cluster.events`), so that across all gateways each is stored once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from cluster.connection import REDIS_DOWN, Keys, connect, node_id, redacted
 from cluster.entries import TRACK, decode_entry, published_of
+from cluster.events import EventConsumer, StoreFn
 from cluster.leases import Leases
 from cluster.metrics import GatewayMetrics
 from models.classes import COCO_NAMES
@@ -66,7 +69,7 @@ def _unassigned(spec: dict[str, Any]) -> dict[str, Any]:
 class Gateway:
     """The :class:`server.app.StreamBackend` of a gateway."""
 
-    def __init__(self, cfg: VigilConfig, rt: Runtime) -> None:
+    def __init__(self, cfg: VigilConfig, rt: Runtime, event_store: StoreFn | None = None) -> None:
         self.cfg = cfg
         self.rt = rt
         self.node = node_id(cfg.cluster.node_id, "gateway")
@@ -92,6 +95,14 @@ class Gateway:
         self._seeded = False
         self._thread = threading.Thread(target=self._run, name="vigil-gateway", daemon=True)
         self._thread.start()
+        self._events: threading.Thread | None = None
+        if event_store is not None:
+            consumer = EventConsumer(self.client, self.keys, cfg.cluster.event_group, self.node,
+                                     event_store, cfg.cluster.gateway_read_count)  # fmt: skip
+            self._events = threading.Thread(
+                target=self._consume, args=(consumer,), name="vigil-gateway-events", daemon=True
+            )
+            self._events.start()
         print(f"gateway {self.node}: redis {redacted(cfg.redis.url)}, prefix "
               f"{cfg.redis.key_prefix!r}", flush=True)  # fmt: skip
 
@@ -143,6 +154,8 @@ class Gateway:
     def stop(self, drain_timeout_s: float) -> None:
         self._stop.set()
         self._thread.join(max(1.0, drain_timeout_s))
+        if self._events is not None:
+            self._events.join(max(1.0, drain_timeout_s))
         self.client.close()
 
     # -- views ------------------------------------------------------------------------------------
@@ -196,6 +209,25 @@ class Gateway:
         pipe.incr(self.keys.streams_rev)
         pipe.execute()
         self._seeded = True
+
+    def _consume(self, consumer: EventConsumer) -> None:
+        backoff = Backoff(self.cfg.redis.backoff_initial_s, self.cfg.redis.backoff_max_s)
+        next_reclaim = 0.0
+        while not self._stop.is_set():
+            cams = sorted(self._desired)
+            try:
+                if time.monotonic() >= next_reclaim:
+                    self.metrics.events_stored.inc(consumer.reclaim(cams))
+                    next_reclaim = time.monotonic() + 10.0
+                self.metrics.events_stored.inc(consumer.poll(cams, block_ms=500))
+                backoff.reset()
+                if not cams:
+                    self._stop.wait(0.2)
+            except REDIS_DOWN:
+                self._stop.wait(backoff.next_delay())
+            except Exception as e:  # a failing store: retried later, never a dead thread
+                self._log("events", f"vigil: gateway {self.node}: events: {type(e).__name__}: {e}")
+                self._stop.wait(backoff.next_delay())
 
     def _refresh(self) -> None:
         """Desired state (when its revision moved), lease holders and worker statuses."""
@@ -271,5 +303,6 @@ def serve_gateway(cfg: VigilConfig) -> int:
     keyed = check_serving(cfg)
     connect(cfg.redis)  # a malformed URL fails here, before the server starts
     model_classes(cfg)
+    # The event store (analytics) plugs in here: Gateway(cfg, rt, event_store=<its insert>).
     app = create_app(cfg, lambda rt: Gateway(cfg, rt))
     return run_app(app, cfg, "Vigil gateway", keyed)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster.connection import REDIS_DOWN, Keys
-from cluster.entries import track_fields
+from cluster.entries import event_fields, track_fields
 from cluster.leases import Lease, Leases
 from cluster.metrics import WorkerMetrics
 from pipeline.batcher import Backoff
@@ -106,7 +106,19 @@ class ResultWriter:
             self.metrics.dropped.labels("unowned").inc()
             return
         fields = track_fields(msg, lease.worker, lease.token)
-        item = Pending(lease, self.keys.out(msg.stream), fields)
+        self._append(Pending(lease, self.keys.out(msg.stream), fields))
+
+    def publish_event(self, camera: str, data: bytes, seq: int, ts: float) -> None:
+        """An event of ``camera`` (its encoded message) to the camera's ``events`` stream, with
+        the same tenure tag, bound and fencing as track messages. Never blocks."""
+        lease = self._tenure.get(camera)
+        if lease is None:
+            self.metrics.dropped.labels("unowned").inc()
+            return
+        fields = event_fields(data, seq, ts, lease.worker, lease.token)
+        self._append(Pending(lease, self.keys.events(camera), fields))
+
+    def _append(self, item: Pending) -> None:
         with self._cond:
             if len(self._buffer) >= self.capacity:
                 self._buffer.popleft()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.cluster_run import RedisServer, redis_server
 from cluster.connection import Keys, connect
-from cluster.entries import decode_entry, published_of, track_fields, tracks_of
+from cluster.entries import Entry, decode_entry, published_of, track_fields, tracks_of
+from cluster.events import EventConsumer, StoreFn
 from cluster.leases import Lease, Leases
 from cluster.metrics import WorkerMetrics
 from cluster.worker import next_seq
@@ -177,3 +180,53 @@ def test_a_malformed_redis_url_is_one_clear_error() -> None:
     client = connect(RedisConfig(url="redis://127.0.0.1:1/0", timeout_s=0.1))
     with pytest.raises(redis.ConnectionError):
         client.ping()
+
+
+def test_events_are_stored_once_across_gateways(server: RedisServer) -> None:
+    """Two gateways consume the cameras' event streams through one group: every event is
+    stored by exactly one of them; one that crashes before acknowledging leaves its events
+    pending and the other claims and stores them."""
+    client = connect(RedisConfig(url=server.url))
+    keys = Keys("ev")
+    leases = Leases(client, keys, ttl_s=60)
+    metrics = WorkerMetrics(CollectorRegistry())
+    writer = ResultWriter(leases, keys, maxlen=10_000, capacity=10_000, batch=64,
+                          backoff=Backoff(0.05, 0.2), metrics=metrics,
+                          on_rejected=lambda _: None, on_redis=lambda _: None)  # fmt: skip
+    cams = ["a", "b", "c"]
+    for cam in cams:
+        lease = leases.claim(cam, "w1")
+        assert lease is not None
+        writer.own(lease)
+    writer.start()
+    for i in range(300):
+        writer.publish_event(cams[i % 3], f'{{"n":{i}}}'.encode(), i, 1.8e9 + i)
+    wait_until(lambda: writer.pending() == 0, 20, "events written")
+    writer.stop(1.0)
+
+    stored: dict[str, list[int]] = {"g1": [], "g2": []}
+
+    def store_into(name: str) -> StoreFn:
+        def store(batch: Sequence[tuple[bytes, Entry]]) -> None:
+            stored[name].extend(int(json.loads(e.data)["n"]) for _, e in batch)
+
+        return store
+
+    def crash(batch: Sequence[tuple[bytes, Entry]]) -> None:
+        raise RuntimeError("the gateway died while storing")
+
+    g1 = EventConsumer(client, keys, "store", "g1", store_into("g1"), count=20)
+    g2 = EventConsumer(client, keys, "store", "g2", store_into("g2"), count=20)
+    dead = EventConsumer(client, keys, "store", "g3", crash, count=20, claim_idle_s=0.2)
+    with pytest.raises(RuntimeError):
+        dead.poll(cams, block_ms=10)  # read 20 (or so) events, never acknowledged
+    while g1.poll(cams, block_ms=10) + g2.poll(cams, block_ms=10):
+        pass
+    assert len(stored["g1"]) + len(stored["g2"]) < 300  # the dead one's are still pending
+    rescuer = EventConsumer(client, keys, "store", "g1", store_into("g1"), claim_idle_s=0.2)
+    time.sleep(0.3)  # let the dead consumer's entries pass the idle time
+    rescuer.reclaim(cams)
+    everything = stored["g1"] + stored["g2"]
+    assert sorted(everything) == list(range(300))  # each event stored once
+    assert stored["g1"] and stored["g2"]  # both gateways took a share
+    assert all(int(client.xpending(keys.events(c), "store")["pending"]) == 0 for c in cams)
