@@ -10,9 +10,9 @@
   on a loopback Redis; N grows by ``--step`` (cameras added through REST, nothing restarted)
   until the P99 of frame arrival (at the worker) to WebSocket receive (from the gateway)
   passes 150 ms or frames dropped pass 1 %, as the single-process capacity search does.
-- ``failover``: two workers, six cameras; each trial kills the worker holding cameras with
-  SIGKILL and measures until every one of its cameras delivers to the WebSocket client again;
-  a new worker is started for the next trial.
+- ``failover``: two workers, six cameras, three each; each trial kills one worker with SIGKILL
+  and measures until every one of its cameras delivers to the WebSocket client again (from the
+  other worker); a new worker is started and the cameras rebalanced before the next trial.
 - ``memory``: Redis ``used_memory`` after an hour of messages at 10 fps per camera (typical
   v1 messages, five tracks) written through the fenced append with ``MAXLEN ~``, and without
   the bound for comparison.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -154,8 +155,8 @@ def failover(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         ws = WsCollector(gw.ws)
         try:
             for trial in range(args.trials):
-                _wait(lambda: len(cluster.owners()) == 6 and all(ws.count(c, time.time() - 2)
-                      for c in cams), 120)  # fmt: skip
+                _wait(lambda: _spread(cluster) and all(ws.count(c, time.time() - 2)
+                      for c in cams), 180)  # fmt: skip
                 owners = cluster.owners()
                 victim = max(cluster.workers, key=lambda w: sum(o == w for o, _ in owners.values()))
                 theirs = [c for c, (w, _) in owners.items() if w == victim]
@@ -176,6 +177,13 @@ def failover(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         cluster.stop()
     return {"ttl_s": args.ttl, "trials": times, "median_s": statistics.median(times),
             "max_s": max(times)}  # fmt: skip
+
+
+def _spread(cluster: Cluster) -> bool:
+    """Six cameras owned, three by each of the two workers (rebalanced)."""
+    owners = cluster.owners()
+    counts = [sum(1 for w, _ in owners.values() if w == name) for name in cluster.workers]
+    return len(owners) == 6 and counts == [3, 3]
 
 
 def _wait(check: Any, timeout: float) -> None:
@@ -260,6 +268,7 @@ def main() -> int:
     for p in (cap, fo, mem):
         p.add_argument("--out", type=Path, help="write the figures as JSON")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops children
     tmp = Path(tempfile.mkdtemp(prefix="vigil-scaleout-"))
     try:
         result = {"capacity": capacity, "failover": failover, "memory": memory}[args.what](

@@ -133,7 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from cluster.worker import serve_worker
+    from cluster.worker_app import serve_worker
     from pipeline.config import load_config
 
     overrides = {"server.host": args.host, "server.port": args.port, "redis.url": args.redis,

@@ -28,14 +28,11 @@ import contextlib
 import json
 import math
 import random
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import redis
 
 from cluster.connection import REDIS_DOWN, Keys, connect, node_id
 from cluster.leases import Lease, Leases
@@ -430,19 +427,3 @@ class Worker:
         if len(owned) > fair and below:
             self._hand_back(max(owned, key=owned.__getitem__), "rebalance")
         self._next_rebalance = now + max(2.0, 2 * self.cfg.cluster.claim_interval_s)
-
-
-def serve_worker(cfg: VigilConfig) -> int:
-    """``vigil worker``: run until SIGTERM/SIGINT (health, readiness and metrics over HTTP)."""
-    from cluster.worker_app import create_worker_app
-    from server.serve import run_app
-
-    worker = Worker(cfg)
-    try:
-        worker.client.ping()
-    except REDIS_DOWN as e:
-        print(f"vigil: redis not reachable yet ({e}); the worker retries", file=sys.stderr)
-    except redis.AuthenticationError as e:
-        raise VigilError(f"redis refused the credentials: {e}") from None
-    app = create_worker_app(worker)
-    return run_app(app, cfg, f"Vigil worker {worker.node}", keyed=False, api=False)

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis
 from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 
+from cluster.connection import REDIS_DOWN
 from cluster.worker import Worker
+from pipeline.config import VigilConfig
+from pipeline.types import VigilError
 
 
 class _WorkerRuntime:
@@ -75,3 +80,18 @@ def create_worker_app(worker: Worker) -> FastAPI:
         return dict(s)
 
     return app
+
+
+def serve_worker(cfg: VigilConfig) -> int:
+    """``vigil worker``: run until SIGTERM/SIGINT (health, readiness and metrics over HTTP)."""
+    from server.serve import run_app
+
+    worker = Worker(cfg)
+    try:
+        worker.client.ping()
+    except REDIS_DOWN as e:
+        print(f"vigil: redis not reachable yet ({e}); the worker retries", file=sys.stderr)
+    except redis.AuthenticationError as e:
+        raise VigilError(f"redis refused the credentials: {e}") from None
+    app = create_worker_app(worker)
+    return run_app(app, cfg, f"Vigil worker {worker.node}", keyed=False, api=False)
