@@ -39,7 +39,7 @@ from pipeline.live_step import ThrottledLog
 from pipeline.sources import redact
 from pipeline.types import VigilError
 from pipeline.wiring import resolve_model
-from server.app import Runtime, StreamExists
+from server.app import BackendUnavailable, Runtime, StreamExists
 
 REFRESH_S = 1.0
 
@@ -134,7 +134,7 @@ class Gateway:
             pipe.incr(self.keys.streams_rev)
             added, _ = pipe.execute()
         except REDIS_DOWN as e:
-            raise VigilError(f"redis unreachable, nothing changed ({e})") from None
+            raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
         if not added:
             raise StreamExists(spec.id)
         self._desired = {**self._desired, spec.id: body}
@@ -147,7 +147,7 @@ class Gateway:
             pipe.incr(self.keys.streams_rev)
             removed, _ = pipe.execute()
         except REDIS_DOWN as e:
-            raise VigilError(f"redis unreachable, nothing changed ({e})") from None
+            raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
         self._desired = {k: v for k, v in self._desired.items() if k != stream_id}
         return bool(removed)
 

@@ -42,6 +42,10 @@ class StreamExists(Exception):
     """Adding a stream whose id is taken."""
 
 
+class BackendUnavailable(Exception):
+    """The backend cannot change anything now (e.g. Redis is away): HTTP 503, nothing changed."""
+
+
 class StreamBackend(Protocol):
     """Where the streams live: this process's live pipeline (``vigil serve``, :class:`LocalStreams`)
     or a cluster's desired state in Redis (``vigil gateway``). ``add``, ``remove`` and ``stop``
@@ -105,13 +109,11 @@ class Runtime:
         return self.hub
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, the reason when not)."""
-        if self.backend is None:
-            return False, "starting"
-        ok, reason = self.backend.readiness()
-        if ok and self.stopped:
-            return False, "shutting down"
-        return ok, reason
+        """(ready, the reason when not): the backend's failure first, then shutting down."""
+        ok, reason = self.backend.readiness() if self.backend is not None else (False, "")
+        if ok and not self.stopped:
+            return True, ""
+        return False, reason or ("shutting down" if self.stopped else "starting")
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -189,8 +191,7 @@ class LocalStreams:
         self.pipeline = pipeline
 
     def readiness(self) -> tuple[bool, str]:
-        p = self.pipeline
-        return p.ready, p.failure or ("" if p.ready else "starting")
+        return self.pipeline.ready, self.pipeline.failure
 
     def has(self, stream_id: str) -> bool:
         return self.pipeline.get(stream_id) is not None
@@ -275,6 +276,10 @@ def create_app(
     @app.exception_handler(VigilError)
     async def vigil_error(_: Request, exc: VigilError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(BackendUnavailable)
+    async def unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

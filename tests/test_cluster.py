@@ -150,6 +150,8 @@ def test_redis_restart_recovers_without_restarting_vigil(
     down = time.time()
     wait_until(lambda: gw.request("GET", "/readyz")[0] == 503, 20, "the gateway says not ready")
     assert "redis" in gw.request("GET", "/readyz")[1]["reason"]
+    late = {"id": "late", "url": "cam0.mp4"}
+    assert gw.request("POST", "/api/streams", late)[0] == 503  # nothing changed, and says so
     for w in cluster.workers.values():  # workers keep running their cameras meanwhile
         assert w.request("GET", "/readyz")[0] == 200
         before = sum(s["frames_inferred"] for s in w.request("GET", "/api/streams")[1])
@@ -166,6 +168,7 @@ def test_redis_restart_recovers_without_restarting_vigil(
     assert [s.proc.pid for s in (gw, *cluster.workers.values())] == pids
     assert all(s.proc.poll() is None for s in (gw, *cluster.workers.values()))
     wait_until(lambda: sorted(cluster.owners()) == CAMS, 30, "every camera owned again")
+    assert gw.request("GET", "/api/streams/late")[0] == 404
     r: Any = cluster.redis.client()
     buffered = [
         float(f[b"ts"]) for cam in CAMS for _, f in r.xrange(KEYS.out(cam))
