@@ -69,8 +69,8 @@ def capacity(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     try:
         if args.workers:
             cfg = {**base, "cluster": {"worker_max_streams": args.max_streams}}
-            cluster = Cluster(tmp / "cluster", cfg)
             (tmp / "cluster").mkdir()
+            cluster = Cluster(tmp / "cluster", cfg)
             cluster.start([f"w{i + 1}" for i in range(args.workers)])
             assert cluster.gateway is not None
             runs = _search(cluster.gateway, urls, args, cluster)

@@ -12,8 +12,8 @@ Two threads talk to Redis besides the writer, so that slow work never delays a r
 - the **control thread**, every ``cluster.claim_interval_s``: stops the cameras queued by the
   keeper, reads the desired state, hands back cameras no longer desired (or changed), claims
   unowned cameras up to ``min(capacity, fair share)`` (the desired cameras over the live
-  workers) and, with ``cluster.rebalance``, hands one camera back per round while it is above
-  its fair share and another worker is below it.
+  workers, rounded up) and, with ``cluster.rebalance``, hands one camera back per round while
+  another live worker owns at least two fewer.
 
 A camera's first message after a claim continues the camera's ``seq`` after the last entry in
 its Redis Stream, skipping the frames nobody analyzed meanwhile (a gap a client can count).
@@ -420,10 +420,9 @@ class Worker:
         now = time.monotonic()
         if now < self._next_rebalance or len(peers) < 2 or now - self._back_at < 2 * ttl:
             return
-        fair = math.ceil(len(desired) / len(peers))
-        below = [n for n, owned in peers.items() if n != self.node and owned < fair]
+        least = min(owned for n, owned in peers.items() if n != self.node)
         with self._lock:
             owned = {cam: o.lease.token for cam, o in self.owned.items()}
-        if len(owned) > fair and below:
+        if len(owned) - least >= 2:  # another worker has at least two fewer: give it one
             self._hand_back(max(owned, key=owned.__getitem__), "rebalance")
         self._next_rebalance = now + max(2.0, 2 * self.cfg.cluster.claim_interval_s)

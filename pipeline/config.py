@@ -148,7 +148,7 @@ class ClusterConfig:
     worker_max_streams: int = bounded(8, 1, 1024)
     lease_ttl_s: float = bounded(10.0, 0.5, 600.0)  # a dead worker's cameras wait this long
     claim_interval_s: float = bounded(1.0, 0.05, 60.0)  # how often workers look for cameras
-    rebalance: bool = True  # a worker above its fair share hands one camera at a time back
+    rebalance: bool = True  # hand a camera to a worker that owns at least two fewer
     stream_maxlen: int = bounded(1000, 10, 10_000_000)  # entries kept per camera (approximate)
     buffer_messages: int = bounded(2000, 1, 1_000_000)  # a worker's queue while Redis is away
     write_batch: int = bounded(256, 1, 100_000)  # entries per Redis round trip
