@@ -275,6 +275,7 @@ class Worker:
                 self._tick()
                 backoff.reset()
             except REDIS_DOWN:
+                self._set_redis(False)
                 self.metrics.redis_errors.labels("control").inc()
                 wait = backoff.next_delay()
             except Exception as e:  # never let the control thread die
@@ -290,6 +291,7 @@ class Worker:
                 with contextlib.suppress(KeyError):
                     self.pipeline.remove_stream(cam)
         desired = self._read_desired()
+        self._set_redis(True)  # whichever thread sees Redis back first starts the grace period
         with self._lock:
             owned = list(self.owned.items())
         for cam, o in owned:
