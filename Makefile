@@ -9,11 +9,12 @@ SAMPLE := assets/one-by-one-person-detection.mp4
 # Ultralytics-free, offline, and quiet: nothing here downloads at run time.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install install-gpu gpu-carry run replay bench test soak lint typecheck system-deps clean
+.PHONY: install install-gpu gpu-carry run replay bench test soak lint typecheck system-deps clean image image-test
 
 # Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
-# loopback servers, GStreamer's RTSP server with its Python bindings and the Mosquitto broker.
-APT_PACKAGES := ffmpeg gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
+# loopback servers, GStreamer's RTSP server with its Python bindings, the Mosquitto broker, a
+# loopback Redis (scale-out) and docker-compose (validates docker/compose.yaml offline).
+APT_PACKAGES := ffmpeg redis-server docker-compose gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-libav gstreamer1.0-tools mosquitto
 system-deps:
@@ -62,8 +63,18 @@ replay: install
 test: install $(GPU_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy pipeline models trackers analytics evaluation toolchain server benchmarks cli
+	$(VENV)/bin/mypy pipeline models trackers analytics evaluation toolchain server cluster benchmarks cli
 	$(PY) -m pytest -q
+
+# The CPU container image (docker, podman or buildah; FROM an mmdebstrap Debian base where no
+# registry is reachable): localhost/vigil:cpu. `make image-test` builds it and smoke-tests it
+# (replay of the bundled clip, /healthz, non-root) with buildah.
+IMAGE ?= localhost/vigil:cpu
+image: install
+	IMAGE=$(IMAGE) bash docker/build.sh
+
+image-test: install
+	$(PY) -m pytest -q -m image tests/test_image.py
 
 # The full side-by-side benchmark (figures, not pass/fail). Uses ../shared/data when present.
 SHARED ?= ../shared/data
@@ -76,7 +87,7 @@ lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 typecheck:
-	$(VENV)/bin/mypy pipeline models trackers analytics evaluation toolchain server benchmarks cli
+	$(VENV)/bin/mypy pipeline models trackers analytics evaluation toolchain server cluster benchmarks cli
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -97,3 +97,37 @@ def _finite(v: float) -> float | None:
 def encode_event(event: Event) -> bytes:
     """The v1 event as compact UTF-8 JSON, no trailing newline."""
     return json.dumps(event.as_dict(), separators=(",", ":")).encode()
+
+
+def decode_event(data: bytes) -> Event:
+    """The inverse of :func:`encode_event` (to the wire's rounding); ValueError if ``data`` is
+    not a v1 event message."""
+    try:
+        d = json.loads(data)
+        if d.get("v") != EVENT_VERSION or d.get("type") != "event":
+            raise ValueError("not a v1 event")
+        box = d.get("box")
+        return Event(
+            kind=str(d["kind"]),
+            stream=str(d["stream"]),
+            frame=int(d["frame"]),
+            pts=float(d["pts"]),
+            ts=float(d["ts"]),
+            rule=d.get("rule"),
+            track=d.get("track"),
+            class_id=d.get("cls"),
+            class_name=d.get("class"),
+            direction=d.get("dir"),
+            box=None
+            if box is None
+            else (float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+            dwell_s=d.get("dwell_s"),
+            count=d.get("count"),
+            check=d.get("check"),
+            state=d.get("state"),
+            value=d.get("value"),
+            reason=d.get("reason"),
+            seq=int(d.get("seq", 0)),
+        )
+    except (KeyError, TypeError, IndexError, AttributeError, json.JSONDecodeError) as e:
+        raise ValueError(f"malformed event message: {e!r}") from None

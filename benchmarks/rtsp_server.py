@@ -23,13 +23,14 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--port", default="8554")
+ap.add_argument("--address", default="127.0.0.1")  # 0.0.0.0 in a container (compose)
 ap.add_argument("--rtp-base", type=int, default=15000)
 ap.add_argument("--auth", default="", help="USER:PASSWORD required of every client")
 ap.add_argument("mounts", nargs="+")
 a = ap.parse_args()
 Gst.init(None)
 server = GstRtspServer.RTSPServer()
-server.set_address("127.0.0.1")
+server.set_address(a.address)
 server.set_service(a.port)
 mounts = server.get_mount_points()
 feeders = []

@@ -1,4 +1,4 @@
-"""The one ``vigil`` entry point: serve, replay, eval, bench and the model toolchain.
+"""The one ``vigil`` entry point: serve, worker, gateway, replay, eval, bench and the models.
 
 The only module allowed to import every room. Every user error ends as one line
 ``vigil: <what is wrong>`` on stderr and exit status 2, never a traceback.
@@ -208,6 +208,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(load_config(args.config, {"server.host": args.host, "server.port": args.port}))
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from cluster.worker_app import serve_worker
+    from pipeline.config import load_config
+
+    overrides = {"server.host": args.host, "server.port": args.port, "redis.url": args.redis,
+                 "cluster.node_id": args.node_id}  # fmt: skip
+    return serve_worker(load_config(args.config, overrides))
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from cluster.gateway import serve_gateway
+    from pipeline.config import load_config
+
+    overrides = {"server.host": args.host, "server.port": args.port, "redis.url": args.redis,
+                 "cluster.node_id": args.node_id}  # fmt: skip
+    return serve_gateway(load_config(args.config, overrides))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from toolchain.cli_models import add_model_commands
 
@@ -219,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     sv.add_argument("--port", type=int, help="port (default from config: 8000)")
     sv.set_defaults(func=cmd_serve)
+
+    for name, func, text in (
+        ("worker", cmd_worker, "scale-out: run the cameras this process claims in Redis"),
+        ("gateway", cmd_gateway, "scale-out: REST, WebSocket and metrics fed from Redis"),
+    ):
+        role = sub.add_parser(name, help=text)
+        role.add_argument("--config", type=Path, help="YAML config (redis:, cluster: sections)")
+        role.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+        role.add_argument("--port", type=int, help="HTTP port (health, metrics; API on gateways)")
+        role.add_argument("--redis", help="Redis URL (default from config: redis.url)")
+        role.add_argument("--node-id", help="this node's name (default: <host>-<role>-<pid>)")
+        role.set_defaults(func=func)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", type=Path, required=True, help="output folder")

@@ -165,6 +165,40 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class RedisConfig:
+    """How ``vigil worker`` and ``vigil gateway`` reach Redis (``vigil serve`` never does)."""
+
+    url: str = "redis://127.0.0.1:6379/0"  # redis:// or rediss:// (TLS); no password in here
+    username: str = ""  # Redis 6+ ACL user (empty: the default user)
+    password: str = ""  # never logged; prefer password_file
+    password_file: str = ""  # a file whose first line is the password (e.g. a mounted secret)
+    tls_ca_file: str = ""  # CA bundle for rediss:// (empty: the system's)
+    tls_cert_file: str = ""  # client certificate for mutual TLS (optional)
+    tls_key_file: str = ""
+    key_prefix: str = field(default="vigil", metadata={"pattern": r"^[A-Za-z0-9_.-]{1,32}$"})
+    timeout_s: float = bounded(2.0, 0.05, 60.0)  # connect and command timeout
+    backoff_initial_s: float = bounded(0.2, 0.01, 60.0)  # reconnection delays (jittered)
+    backoff_max_s: float = bounded(5.0, 0.1, 600.0)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Scale-out roles: workers own cameras by lease, gateways serve clients from Redis."""
+
+    node_id: str = field(default="", metadata={"pattern": r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"})
+    # Admission: the most cameras one worker claims (the capacity estimate's seam).
+    worker_max_streams: int = bounded(8, 1, 1024)
+    lease_ttl_s: float = bounded(10.0, 0.5, 600.0)  # a dead worker's cameras wait this long
+    claim_interval_s: float = bounded(1.0, 0.05, 60.0)  # how often workers look for cameras
+    rebalance: bool = True  # hand a camera to a worker that owns at least two fewer
+    stream_maxlen: int = bounded(1000, 10, 10_000_000)  # entries kept per camera (approximate)
+    buffer_messages: int = bounded(2000, 1, 1_000_000)  # a worker's queue while Redis is away
+    write_batch: int = bounded(256, 1, 100_000)  # entries per Redis round trip
+    gateway_read_count: int = bounded(100, 1, 100_000)  # entries per stream per read
+    event_group: str = field(default="event-store", metadata={"pattern": r"^[A-Za-z0-9_.-]{1,64}$"})
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """One live stream: the config file's ``streams:`` entries and the REST body alike.
 
@@ -274,6 +308,8 @@ class VigilConfig:
     analytics: AnalyticsParams = field(default_factory=AnalyticsParams)
     events: EventStoreConfig = field(default_factory=EventStoreConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     streams: tuple[StreamConfig, ...] = field(default=(), metadata={"items": StreamConfig})
 
 

@@ -75,10 +75,13 @@ class LivePipeline:
         return self._started and not self._stopping.is_set() and not self.failure
 
     # -- streams ------------------------------------------------------------------------
-    def add_stream(self, spec: StreamConfig, url: str | None = None) -> LiveStream:
-        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``). The check and
-        the insertion are one step under the lock: of two concurrent adds of one id, exactly
-        one wins and the other gets :class:`StreamConflict`."""
+    def add_stream(
+        self, spec: StreamConfig, url: str | None = None, first_seq: int = 0
+    ) -> LiveStream:
+        """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``). Its messages are
+        numbered from ``first_seq`` (a camera taken over from another worker continues its
+        numbering). The check and the insertion are one step under the lock: of two concurrent
+        adds of one id, exactly one wins and the other gets :class:`StreamConflict`."""
         names = self.engine.info.class_names
         analytics = build_analytics(self.cfg, spec, names, live=True)
         with self._lock:
@@ -105,7 +108,7 @@ class LivePipeline:
                 decode=self.decode,
                 mask_query=self.cfg.server.redact_query,
             )
-            self._streams[spec.id] = StreamRuntime(stream, tracker, analytics)
+            self._streams[spec.id] = StreamRuntime(stream, tracker, analytics, seq=first_seq)
         stream.start()
         return stream
 

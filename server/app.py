@@ -1,9 +1,12 @@
 """The FastAPI application: REST for streams, health, metrics, and the WebSocket hub; the rules,
 events and counts routes (``routes_rules``, ``routes_events``) and the event outputs (event
-store, MQTT, webhooks: ``outputs``) are wired in here.
+store, MQTT, webhooks: ``outputs``) are wired in here. The streams live behind a
+:class:`server.backend.StreamBackend`: this process's pipeline (``vigil serve``) or, given a
+``backend_factory``, a cluster's desired state (``vigil gateway``) with the same REST, WebSocket
+protocol, auth and metrics.
 
 The event loop only moves data. Decode, inference and tracking run in the pipeline's threads;
-their results reach the loop through one bounded handoff (``_Runtime.handoff``): at most
+their results reach the loop through one bounded handoff (``Runtime.handoff``): at most
 ``HANDOFF_LIMIT`` messages may be scheduled and not yet delivered, beyond that new ones are
 dropped and counted, so a stalled loop can never make the pipeline queue without bound.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,10 +27,10 @@ from pydantic import BaseModel
 
 from pipeline.config import StreamConfig, VigilConfig, parse_stream
 from pipeline.live import LivePipeline, build_engine_low_priority
-from pipeline.live_source import LiveStream
 from pipeline.live_step import Published, ThrottledLog
 from pipeline.wiring import build_decode
 from server.auth import ApiKeys, RateLimiter, digest
+from server.backend import LocalStreams, StreamBackend
 from server.errors import install as install_errors
 from server.errors import responses
 from server.event_store import EventStore
@@ -50,14 +53,21 @@ CLOSE_GOING_AWAY = 1001
 StreamIn = rest_model(StreamConfig, "StreamIn")
 
 
-class _Runtime:
-    """Everything the app owns while it runs."""
+class Runtime:
+    """Everything the app owns while it runs. ``backend_factory`` (run off the loop at start-up)
+    replaces the local pipeline with another :class:`StreamBackend`; it feeds the hub through
+    :meth:`handoff`, creates the hub with :meth:`make_hub`, and may set :attr:`outputs` (the
+    event store a gateway writes)."""
 
-    def __init__(self, cfg: VigilConfig) -> None:
+    def __init__(
+        self, cfg: VigilConfig, backend_factory: Callable[[Runtime], StreamBackend] | None = None
+    ) -> None:
         self.cfg = cfg
         self.keys = ApiKeys(cfg.auth)
         self.limiter = RateLimiter(cfg.auth.mutations_per_minute)
-        self.metrics = Metrics(lambda: self.pipeline)
+        self.metrics = Metrics(None if backend_factory else lambda: self.pipeline)
+        self.backend_factory = backend_factory
+        self.backend: StreamBackend | None = None
         self.pipeline: LivePipeline | None = None
         self.hub: Hub | None = None
         self.outputs: EventOutputs | None = None
@@ -70,9 +80,10 @@ class _Runtime:
         self.log = ThrottledLog()
 
     def handoff(self, msg: Published) -> None:
-        """Called from the inference thread: events to the store and sinks (bounded buffers),
-        then schedule delivery on the loop; never blocks."""
-        if msg.events and self.outputs is not None:
+        """Called from the inference thread (or a gateway's reader): events to the store and
+        sinks (bounded buffers; a gateway's go there through the consumer group instead, once
+        across gateways), then schedule delivery on the loop; never blocks."""
+        if msg.events and self.outputs is not None and self.backend_factory is None:
             self.outputs.publish(msg)
         with self._pending_lock:
             if self._pending >= HANDOFF_LIMIT or self.loop is None:
@@ -86,11 +97,32 @@ class _Runtime:
             self._pending -= 1
         # A message of a stream deleted while it was in flight is dropped here, on the loop,
         # after the deletion's own cleanup: it must not bring the stream's snapshot back.
-        if self.hub is not None and self.pipeline is not None and self.pipeline.get(msg.stream):
+        if self.hub is not None and self.backend is not None and self.backend.has(msg.stream):
             self.hub.publish(msg)
+
+    def make_hub(self, class_names: list[str] | tuple[str, ...]) -> Hub:
+        self.hub = Hub(
+            self.cfg.server.ws_queue,
+            class_names,
+            on_sent=self.metrics.latency.observe,
+            on_lost=self.metrics.ws_lost.inc,
+            max_list=self.cfg.live.max_streams,
+            counts=self.counts,
+        )
+        return self.hub
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, the reason when not): the backend's failure first, then shutting down."""
+        ok, reason = self.backend.readiness() if self.backend is not None else (False, "")
+        if ok and not self.stopped:
+            return True, ""
+        return False, reason or ("shutting down" if self.stopped else "starting")
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.backend_factory is not None:
+            self.backend = await self.loop.run_in_executor(None, self.backend_factory, self)
+            return
         cfg = self.cfg
         engine = await self.loop.run_in_executor(None, build_engine_low_priority, cfg)
         m = engine.info
@@ -103,14 +135,7 @@ class _Runtime:
         print(f"model {m.name} {m.version} ({m.precision}, {m.backend} on {m.device}, {m.file}, "
               f"sha256 {m.sha256[:12]}); preprocess {m.preprocess}; decode {decode.path} "
               f"({decode.reason})", flush=True)  # fmt: skip
-        self.hub = Hub(
-            cfg.server.ws_queue,
-            engine.info.class_names,
-            on_sent=self.metrics.latency.observe,
-            on_lost=self.metrics.ws_lost.inc,
-            max_list=cfg.live.max_streams,
-            counts=self.counts,
-        )
+        self.make_hub(engine.info.class_names)
         self.pipeline = LivePipeline(
             cfg, self.handoff, engine, observe_stage=self.metrics.observe_stage
         )
@@ -120,6 +145,7 @@ class _Runtime:
         for entry in cfg.streams:
             self.pipeline.add_stream(*self.spec(entry))
         self.pipeline.start()
+        self.backend = LocalStreams(self.pipeline)
 
     def event_store(self) -> EventStore | None:
         return None if self.outputs is None else self.outputs.store
@@ -146,9 +172,9 @@ class _Runtime:
         if self.stopped:
             return
         self.stopped = True
-        if self.pipeline is not None:
+        if self.backend is not None:
             drain = self.cfg.server.drain_timeout_s
-            await asyncio.get_running_loop().run_in_executor(None, self.pipeline.stop, drain)
+            await asyncio.get_running_loop().run_in_executor(None, self.backend.stop, drain)
         if self.outputs is not None:  # flush the event store and sinks within the drain time
             drain = self.cfg.server.drain_timeout_s
             await asyncio.get_running_loop().run_in_executor(None, self.outputs.close, drain)
@@ -164,29 +190,6 @@ class _Runtime:
                 self.hub.disconnect(client)
 
 
-def stream_status(stream: LiveStream, rates: dict[str, float], errors: int = 0) -> dict[str, Any]:
-    return {
-        "id": stream.spec.id,
-        "url": stream.url_public,
-        "state": str(stream.state),
-        "last_error": stream.last_error or None,
-        "last_error_at": round(stream.last_error_at, 3) if stream.last_error else None,
-        "width": stream.width,
-        "height": stream.height,
-        "target_fps": stream.spec.fps,
-        "decode_fps": round(rates.get("decode_fps", 0.0), 2),
-        "infer_fps": round(rates.get("infer_fps", 0.0), 2),
-        "frames_decoded": stream.frames_decoded,
-        "frames_inferred": stream.frames_inferred,
-        "drops": stream.slot.dropped,
-        "skipped": stream.gate.skipped,
-        "reconnects": stream.reconnects,
-        "decode_errors": stream.decode_errors,
-        "errors": errors,
-        "queue_depth": stream.slot.depth,
-    }
-
-
 def _presented_key(headers: Any, query: Any = None) -> str | None:
     key = headers.get("x-api-key")
     if key:
@@ -199,8 +202,12 @@ def _presented_key(headers: Any, query: Any = None) -> str | None:
     return None
 
 
-def create_app(cfg: VigilConfig) -> FastAPI:
-    rt = _Runtime(cfg)
+def create_app(
+    cfg: VigilConfig, backend_factory: Callable[[Runtime], StreamBackend] | None = None
+) -> FastAPI:
+    """The app of ``vigil serve`` (a local pipeline), or with ``backend_factory`` of any other
+    :class:`StreamBackend` (``vigil gateway``)."""
+    rt = Runtime(cfg, backend_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -249,8 +256,17 @@ def create_app(cfg: VigilConfig) -> FastAPI:
     read_deps = [*(security if cfg.auth.protect_reads else []), Depends(read_access)]
     mutation_deps = [*security, Depends(mutation)]
 
+    def backend() -> StreamBackend:
+        if rt.backend is None:
+            raise HTTPException(503, "not ready")
+        return rt.backend
+
     def pipeline() -> LivePipeline:
         if rt.pipeline is None:
+            if rt.backend_factory is not None:
+                raise HTTPException(503, "live rules and counts are served by the workers' "
+                                    "`vigil serve` API; in a cluster, set lines and zones in "
+                                    "the stream (POST /api/streams)")  # fmt: skip
             raise HTTPException(503, "not ready")
         return rt.pipeline
 
@@ -260,17 +276,12 @@ def create_app(cfg: VigilConfig) -> FastAPI:
 
     @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
     async def readyz() -> JSONResponse:
-        p = rt.pipeline
-        ok = p is not None and p.ready and not rt.stopped
+        ok, reason = rt.readiness()
         body: dict[str, Any] = {"ready": ok, "model": rt.model}
         if rt.outputs is not None:  # the event outputs' state: the server stays ready without them
             body["outputs"] = rt.outputs.status()
-        if p is not None and p.failure:
-            body["reason"] = p.failure
-        elif rt.stopped:
-            body["reason"] = "shutting down"
-        elif not ok:
-            body["reason"] = "starting"
+        if reason:
+            body["reason"] = reason
         return JSONResponse(body, status_code=200 if ok else 503)
 
     metric_errors = auth_errors if cfg.auth.protect_metrics else ()
@@ -298,8 +309,7 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         responses=responses(*read_errors, 503),
     )
     async def list_streams() -> list[dict[str, Any]]:
-        p = pipeline()
-        return [stream_status(s, p.rates(s.spec.id), p.errors(s.spec.id)) for s in p.streams()]
+        return backend().list()
 
     @app.get(
         "/api/streams/{stream_id}",
@@ -308,11 +318,10 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         responses=responses(*read_errors, 404, 422, 503),
     )
     async def get_stream(stream_id: str) -> dict[str, Any]:
-        p = pipeline()
-        s = p.get(stream_id)
+        s = backend().status(stream_id)
         if s is None:
             raise HTTPException(404, f"no stream {_quoted(stream_id)}")
-        return stream_status(s, p.rates(stream_id), p.errors(stream_id))
+        return s
 
     @app.post(
         "/api/streams",
@@ -322,11 +331,10 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         responses=responses(400, *auth_errors, 409, 413, 422, 429, 503),
     )
     async def add_stream(body: StreamIn) -> dict[str, Any]:  # type: ignore[valid-type]
-        p = pipeline()
+        b = backend()
         spec, url = rt.spec(cast(BaseModel, body).model_dump())
-        # add_stream checks and inserts under one lock: one of two racing POSTs gets 409.
-        stream = await asyncio.get_running_loop().run_in_executor(None, p.add_stream, spec, url)
-        return stream_status(stream, {})
+        # the backend checks and inserts atomically: one of two racing POSTs gets 409.
+        return await asyncio.get_running_loop().run_in_executor(None, b.add, spec, url)
 
     @app.delete(
         "/api/streams/{stream_id}",
@@ -336,9 +344,9 @@ def create_app(cfg: VigilConfig) -> FastAPI:
         responses=responses(*auth_errors, 404, 422, 429, 503),
     )
     async def remove_stream(stream_id: str) -> Response:
-        p = pipeline()
-        # One atomic pop: of two racing DELETEs exactly one gets 204, the other 404.
-        removed = await asyncio.get_running_loop().run_in_executor(None, p.remove_stream, stream_id)
+        b = backend()
+        # One atomic removal: of two racing DELETEs exactly one gets 204, the other 404.
+        removed = await asyncio.get_running_loop().run_in_executor(None, b.remove, stream_id)
         if not removed:
             raise HTTPException(404, f"no stream {_quoted(stream_id)}")
         if rt.hub is not None:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from pipeline.live import StreamConflict
 from pipeline.live_step import ThrottledLog
 from pipeline.types import VigilError
+from server.backend import BackendUnavailable
 
 
 class ErrorBody(BaseModel):
@@ -95,6 +96,10 @@ def install(app: FastAPI, log: ThrottledLog) -> None:
     @app.exception_handler(StreamConflict)
     async def conflict(_: Request, exc: StreamConflict) -> JSONResponse:
         return body(409, str(exc))
+
+    @app.exception_handler(BackendUnavailable)
+    async def unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
+        return body(503, str(exc))
 
     @app.exception_handler(VigilError)
     async def vigil_error(_: Request, exc: VigilError) -> JSONResponse:

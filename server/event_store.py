@@ -149,6 +149,8 @@ class EventStore:
         self.deleted = 0
         self._stop = threading.Event()
         self._db: sqlite3.Connection | None = None
+        self._sync_db: sqlite3.Connection | None = None  # write(): its own connection
+        self._sync_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="vigil-event-store", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -177,6 +179,10 @@ class EventStore:
         self.buffer.close()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        with self._sync_lock:
+            if self._sync_db is not None:
+                self._sync_db.close()
+                self._sync_db = None
 
     @property
     def healthy(self) -> bool:
@@ -197,6 +203,18 @@ class EventStore:
     def publish(self, events: Sequence[Event], data: Sequence[bytes]) -> None:
         """Buffer events for writing; never waits (called from the inference thread)."""
         self.buffer.put(_row(e, d) for e, d in zip(events, data, strict=True))
+
+    def write(self, events: Sequence[Event], data: Sequence[bytes]) -> None:
+        """Write now, in one transaction, and return only once it is committed (a gateway's
+        consumer-group path acknowledges the entries to Redis after this). sqlite3.Error
+        propagates: the caller leaves the entries pending and they are retried."""
+        rows = [_row(e, d) for e, d in zip(events, data, strict=True)]
+        with self._sync_lock:
+            if self._sync_db is None:
+                self._sync_db = self._connect()
+            with self._sync_db:
+                self._sync_db.executemany(_INSERT, rows)
+        self.written += len(rows)
 
     # -- the writer thread -------------------------------------------------------------------
     def _run(self) -> None:

@@ -73,7 +73,9 @@ class _StreamCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, pipeline: Callable[[], LivePipeline | None]) -> None:
+    """The server's metrics; ``pipeline`` None (a gateway): no per-stream pipeline families."""
+
+    def __init__(self, pipeline: Callable[[], LivePipeline | None] | None) -> None:
         self.registry = CollectorRegistry()
         self.stage = Histogram(
             "vigil_stage_seconds",
@@ -110,7 +112,8 @@ class Metrics:
             "Messages dropped between the inference thread and the event loop",
             registry=self.registry,
         )
-        self.registry.register(_StreamCollector(pipeline))
+        if pipeline is not None:
+            self.registry.register(_StreamCollector(pipeline))
 
     def ws_refused(self, reason: str) -> None:
         self._ws_refused.labels(reason).inc()

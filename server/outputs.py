@@ -8,9 +8,10 @@ another or the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from analytics.events import Event
 from pipeline.config import VigilConfig
 from pipeline.live_step import Published
 from server.event_store import EventStore
@@ -61,6 +62,22 @@ class EventOutputs:
                 self.failures += 1
                 line = f"vigil: {out.name}: {type(e).__name__}: {e}"[:300]
                 self._log(f"output:{out.name}", line)
+
+    def publish_durable(self, events: Sequence[Event], data: Sequence[bytes]) -> None:
+        """Events a gateway took through the cluster's consumer group: written to the store
+        before returning (a failure raises, so they stay pending in Redis and are retried),
+        then handed to the sinks' buffers."""
+        for e in events:
+            key = (e.stream, e.kind)
+            self.events[key] = self.events.get(key, 0) + 1
+        if self.store is not None:
+            self.store.write(events, data)
+        for sink in self.sinks:
+            try:
+                sink.publish(events, data)
+            except Exception as exc:  # a sink's bug must not stop the store path
+                self.failures += 1
+                self._log(f"output:{sink.name}", f"vigil: {sink.name}: {exc!r}"[:300])
 
     def forget_stream(self, stream: str) -> None:
         for key in [k for k in self.events if k[0] == stream]:

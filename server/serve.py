@@ -75,13 +75,9 @@ def _graceful_server(app: Any, config: Any) -> Any:
     return GracefulServer(config)
 
 
-def serve(cfg: VigilConfig) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status. VigilError for bad settings."""
-    import uvicorn
-
-    from server.app import create_app
+def check_serving(cfg: VigilConfig) -> bool:
+    """Refuse settings a server must not start with; True when API keys are configured."""
     from server.auth import ApiKeys
-    from server.http_guard import ThrottledLogFilter, guarded_protocol
 
     keys = ApiKeys(cfg.auth)
     if (
@@ -95,7 +91,25 @@ def serve(cfg: VigilConfig) -> int:
         )
     if not Path(cfg.server.media_root).is_dir():
         raise VigilError(f"server.media_root is not a folder: {cfg.server.media_root}")
-    app = create_app(cfg)
+    return keys.enabled
+
+
+def serve(cfg: VigilConfig) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status. VigilError for bad settings."""
+    from server.app import create_app
+
+    keyed = check_serving(cfg)
+    return run_app(create_app(cfg), cfg, "Vigil serving", keyed)
+
+
+def run_app(app: Any, cfg: VigilConfig, title: str, keyed: bool, api: bool = True) -> int:
+    """Run ``app`` (whose ``state.runtime.stop()`` shuts it down in order) under uvicorn on
+    ``cfg.server``'s address until SIGTERM/SIGINT; prints one line with the addresses (``api``:
+    it serves the REST API and the WebSocket)."""
+    import uvicorn
+
+    from server.http_guard import ThrottledLogFilter, guarded_protocol
+
     config = uvicorn.Config(
         app,
         host=cfg.server.host,
@@ -115,12 +129,14 @@ def serve(cfg: VigilConfig) -> int:
     server = _graceful_server(app, config)
     host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
     base = f"{host}:{cfg.server.port}"
-    auth = "API key required" if keys.enabled else "no API keys configured: auth off"
-    print(
-        f"Vigil serving http://{base} - API docs http://{base}/docs, "
-        f"WebSocket ws://{base}/ws, metrics http://{base}/metrics ({auth})",
-        flush=True,
+    auth = "API key required" if keyed else "no API keys configured: auth off"
+    where = (
+        f"API docs http://{base}/docs, WebSocket ws://{base}/ws, metrics http://{base}/metrics "
+        f"({auth})"
+        if api
+        else f"/healthz, /readyz, metrics http://{base}/metrics"
     )
+    print(f"{title} http://{base} - {where}", flush=True)
     # uvicorn re-raises the signal it caught after shutting down; with these no-op handlers in
     # place that ends the process normally (exit 0) instead of dying by the signal.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,17 +13,18 @@ from pathlib import Path
 from tests.factories import REPO
 
 # Bottom to top. A room may import its own modules and every room of a lower layer; within a
-# layer only the pairs in SIDEWAYS (the toolchain chooses calibrations by measured mAP).
+# layer only the pairs in SIDEWAYS (the toolchain chooses calibrations by measured mAP; the
+# scale-out roles serve through the server's app, hub and metrics).
 TYPES = "pipeline.types"
 LAYERS: list[set[str]] = [
     {TYPES},
     {"models", "trackers", "analytics"},  # each imports only the types
     {"pipeline"},  # the path of a frame, and the wiring
-    {"evaluation", "toolchain", "server"},
+    {"evaluation", "toolchain", "server", "cluster"},
     {"benchmarks"},
     {"cli"},  # the one entry point: may import everything
 ]
-SIDEWAYS = {"toolchain": {"evaluation"}}
+SIDEWAYS = {"toolchain": {"evaluation"}, "cluster": {"server"}}  # cluster reuses the server
 ALLOWED: dict[str, set[str]] = {
     room: set().union(*LAYERS[:i]) | SIDEWAYS.get(room, set())
     for i, layer in enumerate(LAYERS)
@@ -66,7 +67,8 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
 
 
 def test_every_room_exists_and_is_a_package() -> None:
-    for room in ("pipeline", "models", "trackers", "evaluation", "toolchain", "server", "cli"):
+    for room in ("pipeline", "models", "trackers", "evaluation", "toolchain", "server", "cluster",
+                 "cli"):  # fmt: skip
         assert (REPO / room / "__init__.py").is_file(), room
 
 

@@ -164,9 +164,9 @@ def test_handoff_limit_drops_and_counts_instead_of_queueing() -> None:
     import asyncio
 
     from pipeline.config import VigilConfig
-    from server.app import HANDOFF_LIMIT, _Runtime
+    from server.app import HANDOFF_LIMIT, Runtime
 
-    rt = _Runtime(VigilConfig())
+    rt = Runtime(VigilConfig())
     loop = asyncio.new_event_loop()
     try:
         rt.loop = loop  # not running: nothing is delivered, so everything stays in flight
@@ -191,7 +191,7 @@ def test_a_dead_inference_thread_makes_readyz_503_and_says_why(
 
     from pipeline.config import VigilConfig
     from pipeline.live import LivePipeline
-    from server.app import create_app
+    from server.app import LocalStreams, create_app
     from tests.factories import wait_until
 
     cfg = VigilConfig()
@@ -209,7 +209,7 @@ def test_a_dead_inference_thread_makes_readyz_503_and_says_why(
     pipe.stop(1.0)
 
     app = create_app(cfg)
-    app.state.runtime.pipeline = pipe
+    app.state.runtime.backend = LocalStreams(pipe)
     readyz = next(r for r in app.routes if getattr(r, "path", "") == "/readyz")
     response = asyncio.run(readyz.endpoint())  # type: ignore[attr-defined]
     assert response.status_code == 503

@@ -1,0 +1,342 @@
+"""``vigil gateway``: the server's REST API, WebSocket hub and metrics, fed from Redis.
+
+The gateway is ``server.app.create_app`` with :class:`Gateway` as its stream backend:
+
+- **desired state**: the config's ``streams:`` are added at start-up (ids already in Redis are
+  left alone); ``POST /api/streams`` adds the camera to the desired-state hash
+  (``HSETNX``: exactly one of two racing requests wins, the other gets 409), ``DELETE`` removes
+  it (``HDEL``: 404 if it was not there); both bump the revision workers watch.
+  ``GET /api/streams`` answers from a cache refreshed about once a second: the desired cameras,
+  the worker holding each lease (``owner``, ``token``) and that worker's live figures.
+- **fan-out**: one reader thread follows every desired camera's Redis Stream (``XREAD``, plain
+  reads: every gateway sees every message), checks each camera's ``seq`` and fencing token
+  (a stale or replayed entry is skipped, a gap is counted), rebuilds the message the hub
+  expects and hands it to the app's bounded handoff, exactly as the local pipeline does. A new
+  camera starts from its latest entry, which becomes the ``last_seq`` snapshot.
+- **readiness**: ``/readyz`` answers 503 while Redis does not; the reader reconnects with
+  jittered backoff and resumes after the last entry it delivered.
+- **events** (given an ``event_store``): a second thread takes each camera's events through the
+  consumer group (:mod:`cluster.events`), so that across all gateways each is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from analytics.events import Event, decode_event
+from cluster.connection import REDIS_DOWN, Keys, connect, node_id, redacted
+from cluster.entries import TRACK, Entry, decode_entry, published_of
+from cluster.events import EventConsumer, StoreFn
+from cluster.leases import Leases
+from cluster.metrics import GatewayMetrics
+from models.classes import COCO_NAMES
+from pipeline.batcher import Backoff
+from pipeline.config import StreamConfig, VigilConfig
+from pipeline.live import StreamConflict
+from pipeline.live_step import ThrottledLog
+from pipeline.sources import redact
+from pipeline.types import VigilError
+from pipeline.wiring import resolve_model
+from server.app import Runtime
+from server.backend import BackendUnavailable
+from server.outputs import EventOutputs
+
+REFRESH_S = 1.0
+
+
+def model_classes(cfg: VigilConfig) -> tuple[dict[str, str], list[str]]:
+    """The model identity and class names the workers run (from the manifest alone: a
+    gateway never loads the network)."""
+    resolved = resolve_model(cfg.model)
+    m = resolved.manifest
+    if m is None:
+        return {"name": resolved.onnx.stem, "version": "unversioned"}, list(COCO_NAMES)
+    return {"name": m.name, "version": m.version, "precision": cfg.model.precision}, list(
+        m.class_names
+    )
+
+
+def _unassigned(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": spec["id"], "url": redact(str(spec["url"])), "state": "unassigned",
+        "last_error": None, "width": 0, "height": 0, "target_fps": spec.get("fps"),
+        "decode_fps": 0.0, "infer_fps": 0.0, "frames_decoded": 0, "frames_inferred": 0,
+        "drops": 0, "skipped": 0, "reconnects": 0, "errors": 0, "queue_depth": 0,
+        "owner": None, "token": None,
+    }  # fmt: skip
+
+
+class Gateway:
+    """The :class:`server.app.StreamBackend` of a gateway."""
+
+    def __init__(self, cfg: VigilConfig, rt: Runtime, event_store: StoreFn | None = None) -> None:
+        self.cfg = cfg
+        self.rt = rt
+        self.node = node_id(cfg.cluster.node_id, "gateway")
+        # Any: redis-py types replies as unions of bytes/str/...; ours are bytes (no decoding).
+        self.client: Any = connect(cfg.redis)
+        self.keys = Keys(cfg.redis.key_prefix)
+        self.leases = Leases(self.client, self.keys, cfg.cluster.lease_ttl_s)
+        self.metrics = GatewayMetrics(rt.metrics.registry)
+        rt.model, names = model_classes(cfg)
+        rt.make_hub(names)
+        self.redis_up = False
+        self.redis_error = "not connected yet"
+        self._desired: dict[str, dict[str, Any]] = {}
+        self._rev: bytes | None = None
+        self._owners: dict[str, tuple[str, int]] = {}
+        self._workers: dict[str, dict[str, Any]] = {}
+        self._last: dict[str, tuple[int, int]] = {}  # camera -> (seq, token) delivered
+        self._ids: dict[str, bytes] = {}  # camera -> last stream entry id read
+        self._stop = threading.Event()
+        self._log = ThrottledLog()
+        self._backoff = Backoff(cfg.redis.backoff_initial_s, cfg.redis.backoff_max_s)
+        self._next_refresh = 0.0
+        self._seeded = False
+        self._thread = threading.Thread(target=self._run, name="vigil-gateway", daemon=True)
+        self._thread.start()
+        self._events: threading.Thread | None = None
+        if event_store is not None:
+            consumer = EventConsumer(self.client, self.keys, cfg.cluster.event_group, self.node,
+                                     event_store, cfg.cluster.gateway_read_count)  # fmt: skip
+            self._events = threading.Thread(
+                target=self._consume, args=(consumer,), name="vigil-gateway-events", daemon=True
+            )
+            self._events.start()
+        print(f"gateway {self.node}: redis {redacted(cfg.redis.url)}, prefix "
+              f"{cfg.redis.key_prefix!r}", flush=True)  # fmt: skip
+
+    # -- StreamBackend --------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        if not self._thread.is_alive():
+            return False, "the gateway's reader stopped"
+        if not self.redis_up:
+            return False, f"redis unreachable: {self.redis_error}"
+        return True, ""
+
+    def has(self, stream_id: str) -> bool:
+        return stream_id in self._desired
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self._status(cam) for cam in sorted(self._desired)]
+
+    def status(self, stream_id: str) -> dict[str, Any] | None:
+        return self._status(stream_id) if stream_id in self._desired else None
+
+    def add(self, spec: StreamConfig, url: str) -> dict[str, Any]:
+        """Write the camera into the desired state (the URL as given: each worker applies its
+        own URL policy and media root)."""
+        body = asdict(spec)
+        data = json.dumps(body, sort_keys=True)
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hsetnx(self.keys.streams, spec.id, data)
+            pipe.incr(self.keys.streams_rev)
+            added, _ = pipe.execute()
+        except REDIS_DOWN as e:
+            raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
+        if not added:
+            raise StreamConflict(f"stream {spec.id!r} already exists")
+        self._desired = {**self._desired, spec.id: body}
+        return self._status(spec.id)
+
+    def remove(self, stream_id: str) -> bool:
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.keys.streams, stream_id)
+            pipe.incr(self.keys.streams_rev)
+            removed, _ = pipe.execute()
+        except REDIS_DOWN as e:
+            raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
+        self._desired = {k: v for k, v in self._desired.items() if k != stream_id}
+        return bool(removed)
+
+    def stop(self, drain_timeout_s: float) -> None:
+        self._stop.set()
+        self._thread.join(max(1.0, drain_timeout_s))
+        if self._events is not None:
+            self._events.join(max(1.0, drain_timeout_s))
+        self.client.close()
+
+    # -- views ------------------------------------------------------------------------------------
+    def _status(self, cam: str) -> dict[str, Any]:
+        spec = self._desired.get(cam, {"id": cam, "url": ""})
+        out = _unassigned(spec)
+        holder = self._owners.get(cam)
+        if holder is None:
+            return out
+        worker, token = holder
+        out.update(owner=worker, token=token, state="starting")
+        live = self._workers.get(worker, {}).get("streams", {}).get(cam)
+        if live is not None and live.get("token") == token:
+            out.update({k: v for k, v in live.items() if k in out and k != "url"})
+        return out
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        return dict(self._workers)
+
+    # -- the reader thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= self._next_refresh:
+                    self._refresh()
+                self._read()
+                self._backoff.reset()
+                if not self.redis_up:
+                    print(f"gateway {self.node}: redis reachable", flush=True)
+                self.redis_up = True
+                self.metrics.redis_up.set(1)
+            except REDIS_DOWN as e:
+                self.redis_up, self.redis_error = False, str(e) or type(e).__name__
+                self.metrics.redis_up.set(0)
+                self.metrics.redis_errors.labels("gateway").inc()
+                self._log("redis", f"vigil: gateway {self.node}: redis: {e}; retrying")
+                self._stop.wait(self._backoff.next_delay())
+            except Exception as e:  # never let the reader die of one bad entry
+                self._log("reader", f"vigil: gateway {self.node}: {type(e).__name__}: {e}")
+                self._stop.wait(0.5)
+
+    def _seed(self) -> None:
+        """The config's ``streams:`` join the desired state once (ids already there are left
+        as they are: the desired state in Redis wins)."""
+        if not self.cfg.streams:
+            self._seeded = True
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for spec in self.cfg.streams:
+            pipe.hsetnx(self.keys.streams, spec.id, json.dumps(asdict(spec), sort_keys=True))
+        pipe.incr(self.keys.streams_rev)
+        pipe.execute()
+        self._seeded = True
+
+    def _consume(self, consumer: EventConsumer) -> None:
+        backoff = Backoff(self.cfg.redis.backoff_initial_s, self.cfg.redis.backoff_max_s)
+        next_reclaim = 0.0
+        while not self._stop.is_set():
+            cams = sorted(self._desired)
+            try:
+                if time.monotonic() >= next_reclaim:
+                    self.metrics.events_stored.inc(consumer.reclaim(cams))
+                    next_reclaim = time.monotonic() + 10.0
+                self.metrics.events_stored.inc(consumer.poll(cams, block_ms=500))
+                backoff.reset()
+                if not cams:
+                    self._stop.wait(0.2)
+            except REDIS_DOWN:
+                self._stop.wait(backoff.next_delay())
+            except Exception as e:  # a failing store: retried later, never a dead thread
+                self._log("events", f"vigil: gateway {self.node}: events: {type(e).__name__}: {e}")
+                self._stop.wait(backoff.next_delay())
+
+    def _refresh(self) -> None:
+        """Desired state (when its revision moved), lease holders and worker statuses."""
+        if not self._seeded:
+            self._seed()
+        rev = self.client.get(self.keys.streams_rev)
+        if rev is None or rev != self._rev:
+            raw = self.client.hgetall(self.keys.streams)
+            self._desired = {k.decode(): json.loads(v) for k, v in raw.items()}
+            self._rev = rev
+        cams = sorted(self._desired)
+        holders = self.leases.holders(cams)
+        self._owners = {c: h for c, h in zip(cams, holders, strict=True) if h is not None}
+        nodes = [n.decode() for n in self.client.zrange(self.keys.workers, 0, -1)]
+        values = self.client.mget([self.keys.worker(n) for n in nodes]) if nodes else []
+        self._workers = {n: json.loads(v) for n, v in zip(nodes, values, strict=True) if v}
+        self.metrics.streams.set(len(cams))
+        self.metrics.owned.set(len(self._owners))
+        self.metrics.workers.set(len(self._workers))
+        self._next_refresh = time.monotonic() + REFRESH_S
+
+    def _read(self) -> None:
+        cams = sorted(self._desired)
+        for gone in set(self._ids) - set(cams):
+            self._ids.pop(gone, None)
+            self._last.pop(gone, None)
+        for cam in cams:
+            if cam not in self._ids:  # start from its latest entry: the snapshot
+                latest = self.client.xrevrange(self.keys.out(cam), count=1)
+                self._ids[cam] = latest[0][0] if latest else b"0-0"
+                for _, fields in latest:
+                    self._deliver(cam, fields)
+        if not cams:
+            self._stop.wait(0.2)
+            return
+        block_ms = int(min(500.0, self.cfg.redis.timeout_s * 500))
+        reply = self.client.xread(
+            {self.keys.out(c): self._ids[c] for c in cams},
+            count=self.cfg.cluster.gateway_read_count,
+            block=max(1, block_ms),
+        )
+        for key, entries in reply or []:
+            cam = self.keys.camera_of(key)
+            for entry_id, fields in entries:
+                self._ids[cam] = entry_id
+                self._deliver(cam, fields)
+
+    def _deliver(self, cam: str, fields: dict[bytes, bytes]) -> None:
+        try:
+            entry = decode_entry(cam, fields)
+            if entry.kind != TRACK:
+                return
+            last = self._last.get(cam)
+            if last is not None and (entry.token < last[1] or entry.seq <= last[0]):
+                self.metrics.stale.inc()
+                return
+            msg = published_of(entry)
+        except VigilError as e:
+            self._log(f"entry:{cam}", f"vigil: gateway {self.node}: {e}")
+            return
+        if last is not None and entry.seq > last[0] + 1:
+            self.metrics.gaps.labels(cam).inc(entry.seq - last[0] - 1)
+        self._last[cam] = (entry.seq, entry.token)
+        self.metrics.entries.labels("track").inc()
+        self.rt.handoff(msg)
+
+
+def serve_gateway(cfg: VigilConfig) -> int:
+    """``vigil gateway``: serve until SIGTERM/SIGINT."""
+    from server.app import create_app
+    from server.serve import check_serving, run_app
+
+    keyed = check_serving(cfg)
+    connect(cfg.redis)  # a malformed URL fails here, before the server starts
+    model_classes(cfg)
+    app = create_app(cfg, lambda rt: _start_gateway(cfg, rt))
+    return run_app(app, cfg, "Vigil gateway", keyed)
+
+
+def store_events(outputs: EventOutputs, log: Callable[[str, str], None]) -> StoreFn:
+    """The consumer group's store: decode each event entry, write them all to the event store
+    in one transaction (raising leaves them pending in Redis, retried), then hand them to the
+    sinks. An entry whose message is not a v1 event is logged and skipped."""
+
+    def store(pairs: Sequence[tuple[bytes, Entry]]) -> None:
+        events: list[Event] = []
+        data: list[bytes] = []
+        for entry_id, entry in pairs:
+            try:
+                events.append(decode_event(entry.data))
+            except ValueError as e:
+                log("event-entry", f"vigil: event entry {entry_id!r} of {entry.camera}: {e}")
+                continue
+            data.append(entry.data)
+        if events:
+            outputs.publish_durable(events, data)
+
+    return store
+
+
+def _start_gateway(cfg: VigilConfig, rt: Runtime) -> Gateway:
+    """The gateway backend with its event outputs (store, MQTT, webhooks): each event reaches
+    them once across all gateways, through the consumer group."""
+    outputs = EventOutputs(cfg, lambda: {}, rt.log)
+    outputs.start()
+    rt.outputs = outputs
+    return Gateway(cfg, rt, event_store=store_events(outputs, rt.log))

@@ -1,0 +1,91 @@
+"""Where the streams live, behind one protocol the REST routes use: this process's live
+pipeline (``vigil serve``: :class:`LocalStreams`) or a cluster's desired state in Redis
+(``vigil gateway``: :class:`cluster.gateway.Gateway`).
+
+Errors a backend raises: :class:`pipeline.live.StreamConflict` (the id is taken, or no room:
+HTTP 409) and :class:`BackendUnavailable` (nothing changed because a dependency is away, e.g.
+Redis: HTTP 503); ``server.errors`` maps both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pipeline.config import StreamConfig
+from pipeline.live import LivePipeline
+from pipeline.live_source import LiveStream
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot change anything now (e.g. Redis is away): HTTP 503, nothing changed."""
+
+
+class StreamBackend(Protocol):
+    """``add``, ``remove`` and ``stop`` may block (the app runs them off the loop); the others
+    answer from memory. ``add`` raises StreamConflict when the id is taken; ``remove`` returns
+    False when there is no such stream (of two racing removals exactly one gets True)."""
+
+    def readiness(self) -> tuple[bool, str]: ...
+    def has(self, stream_id: str) -> bool: ...
+    def list(self) -> list[dict[str, Any]]: ...
+    def status(self, stream_id: str) -> dict[str, Any] | None: ...
+    def add(self, spec: StreamConfig, url: str) -> dict[str, Any]: ...
+    def remove(self, stream_id: str) -> bool: ...
+    def stop(self, drain_timeout_s: float) -> None: ...
+
+
+def stream_status(stream: LiveStream, rates: dict[str, float], errors: int = 0) -> dict[str, Any]:
+    """One stream's REST status (``server.schema.StreamStatus``)."""
+    return {
+        "id": stream.spec.id,
+        "url": stream.url_public,
+        "state": str(stream.state),
+        "last_error": stream.last_error or None,
+        "last_error_at": round(stream.last_error_at, 3) if stream.last_error else None,
+        "width": stream.width,
+        "height": stream.height,
+        "target_fps": stream.spec.fps,
+        "decode_fps": round(rates.get("decode_fps", 0.0), 2),
+        "infer_fps": round(rates.get("infer_fps", 0.0), 2),
+        "frames_decoded": stream.frames_decoded,
+        "frames_inferred": stream.frames_inferred,
+        "drops": stream.slot.dropped,
+        "skipped": stream.gate.skipped,
+        "reconnects": stream.reconnects,
+        "decode_errors": stream.decode_errors,
+        "errors": errors,
+        "queue_depth": stream.slot.depth,
+    }
+
+
+class LocalStreams:
+    """The :class:`StreamBackend` of ``vigil serve``: this process's :class:`LivePipeline`."""
+
+    def __init__(self, pipeline: LivePipeline) -> None:
+        self.pipeline = pipeline
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.pipeline.ready, self.pipeline.failure
+
+    def has(self, stream_id: str) -> bool:
+        return self.pipeline.get(stream_id) is not None
+
+    def status(self, stream_id: str) -> dict[str, Any] | None:
+        p = self.pipeline
+        s = p.get(stream_id)
+        return None if s is None else stream_status(s, p.rates(stream_id), p.errors(stream_id))
+
+    def list(self) -> list[dict[str, Any]]:
+        p = self.pipeline
+        return [stream_status(s, p.rates(s.spec.id), p.errors(s.spec.id)) for s in p.streams()]
+
+    def add(self, spec: StreamConfig, url: str) -> dict[str, Any]:
+        # add_stream checks and inserts under one lock: one of two racing adds gets
+        # StreamConflict.
+        return stream_status(self.pipeline.add_stream(spec, url), {})
+
+    def remove(self, stream_id: str) -> bool:
+        return self.pipeline.remove_stream(stream_id)
+
+    def stop(self, drain_timeout_s: float) -> None:
+        self.pipeline.stop(drain_timeout_s)
