@@ -4,7 +4,7 @@ Every entry is a flat field map with a ``kind``, so tracks and events share one 
 
     kind=track  v=1  seq=<int>  ts=<frame arrival, unix s>  worker=<node>  token=<fence>
                 data=<the v1 wire message, byte for byte what `vigil serve` sends>
-                [events=<the frame's v1 event messages, one per line>]
+                events=<the frame's v1 event messages, one per line; empty if none>
     kind=event  v=1  seq=<int>  ts=...  worker=...  token=...  data=<the event message>
 
 Track entries go to the camera's ``out`` stream (read by every gateway: fan-out to WebSocket
@@ -55,7 +55,7 @@ def track_fields(msg: Published, worker: str, token: int) -> list[bytes]:
         b"worker", worker.encode(),
         b"token", str(token).encode(),
         b"data", msg.data,
-        *((b"events", b"\n".join(msg.event_data)) if msg.event_data else ()),
+        b"events", b"\n".join(msg.event_data),  # always present: a batch's entries share a width
     ]  # fmt: skip
 
 

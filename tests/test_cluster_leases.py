@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from analytics.events import Event, decode_event, encode_event
 from benchmarks.cluster_run import RedisServer, redis_server
 from cluster.connection import Keys, connect
 from cluster.entries import Entry, decode_entry, published_of, track_fields, tracks_of
 from cluster.events import EventConsumer, StoreFn
+from cluster.gateway import store_events
 from cluster.leases import Lease, Leases
 from cluster.metrics import WorkerMetrics
 from cluster.worker import next_seq
 from cluster.writer import ResultWriter
 from pipeline.batcher import Backoff
-from pipeline.config import RedisConfig
+from pipeline.config import EventStoreConfig, RedisConfig, VigilConfig
 from pipeline.encode import encode_message
 from pipeline.live_step import Published
 from pipeline.types import Tracks, VigilError
 from server.hub import _encode_filtered
+from server.outputs import EventOutputs
 from tests.factories import wait_until
 
 
@@ -117,7 +123,7 @@ def test_maxlen_bounds_each_camera_stream(leases: Leases) -> None:
 def test_entries_round_trip_to_the_hubs_message_and_filtered_encoding() -> None:
     msg = _message("door", 41, n=7)
     flat = track_fields(msg, "w1", 7)
-    assert len(flat) == 14
+    assert len(flat) == 16
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
     back = published_of(decode_entry("door", fields))
     assert (back.stream, back.seq, back.arrival, back.data) == ("door", 41, msg.arrival, msg.data)
@@ -230,3 +236,79 @@ def test_events_are_stored_once_across_gateways(server: RedisServer) -> None:
     assert sorted(everything) == list(range(300))  # each event stored once
     assert stored["g1"] and stored["g2"]  # both gateways took a share
     assert all(int(client.xpending(keys.events(c), "store")["pending"]) == 0 for c in cams)
+
+
+def _events(cam: str, seq: int, n: int) -> tuple[tuple[Event, ...], tuple[bytes, ...]]:
+    found = tuple(
+        Event("line_cross", cam, seq, seq / 10, 1.7e9 + seq / 10, rule="door", track=i + 1,
+              class_id=0, class_name="person", direction="in" if i % 2 else "out",
+              box=(1.0, 2.0, 30.5, 40.0), seq=seq * 10 + i)
+        for i in range(n)
+    )  # fmt: skip
+    return found, tuple(encode_event(e) for e in found)
+
+
+def test_events_reach_the_gateways_clients_with_their_frame_and_its_store_once(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """A worker's frame with analytics events: its track entry carries the events (fan-out to
+    every gateway's WebSocket clients, in order with the frame), each event also goes to the
+    camera's events stream, and two gateways' consumer-group stores (a real SQLite event store
+    each) hold every event exactly once between them, written before acknowledgement."""
+    client = connect(RedisConfig(url=server.url))
+    keys = Keys("evw")
+    leases = Leases(client, keys, ttl_s=60)
+    writer = ResultWriter(leases, keys, maxlen=10_000, capacity=10_000, batch=64,
+                          backoff=Backoff(0.05, 0.2), metrics=WorkerMetrics(CollectorRegistry()),
+                          on_rejected=lambda _: None, on_redis=lambda _: None)  # fmt: skip
+    lease = leases.claim("door", "w1")
+    assert lease is not None
+    writer.own(lease)
+    writer.start()
+    sent = []
+    for seq in range(1, 41):
+        msg = _message("door", seq)
+        events, data = _events("door", seq, seq % 3)  # frames with 0, 1 and 2 events
+        sent.append(Published(msg.stream, seq, msg.arrival, msg.data, msg.tracks, events, data))
+        writer.publish(sent[-1])
+    wait_until(lambda: writer.pending() == 0, 20, "entries written")
+    writer.stop(1.0)
+
+    # fan-out: every track entry brings back its frame's events, byte for byte
+    r: Any = client
+    back = [published_of(decode_entry("door", f)) for _, f in r.xrange(keys.out("door"))]
+    assert [m.seq for m in back] == list(range(1, 41))
+    for got, want in zip(back, sent, strict=True):
+        assert got.event_data == want.event_data
+        assert [e.as_dict() for e in got.events] == [e.as_dict() for e in want.events]
+    with pytest.raises(VigilError, match="malformed event"):
+        published_of(decode_entry("door", {**r.xrange(keys.out("door"))[0][1], b"events": b"{"}))
+
+    # store once: two gateways, each with its own real event store
+    def outputs(name: str) -> EventOutputs:
+        cfg = VigilConfig(events=EventStoreConfig(path=str(tmp_path / f"{name}.db")))
+        out = EventOutputs(cfg, lambda: {}, lambda key, line: None)
+        out.start()
+        return out
+
+    g1, g2 = outputs("g1"), outputs("g2")
+    c1 = EventConsumer(client, keys, "store", "g1", store_events(g1, lambda k, m: None), count=7)
+    c2 = EventConsumer(client, keys, "store", "g2", store_events(g2, lambda k, m: None), count=7)
+    while c1.poll(["door"], block_ms=10) + c2.poll(["door"], block_ms=10):
+        pass
+    rows = []
+    for out, name in ((g1, "g1"), (g2, "g2")):
+        with contextlib.closing(sqlite3.connect(tmp_path / f"{name}.db")) as db:
+            rows += [json.loads(d)["seq"] for (d,) in db.execute("SELECT data FROM events")]
+        out.close(1.0)
+    every = sorted(e.seq for m in sent for e in m.events)
+    assert len(every) == 40 and sorted(rows) == every  # each event stored exactly once
+    assert int(r.xpending(keys.events("door"), "store")["pending"]) == 0
+
+
+def test_an_event_message_round_trips() -> None:
+    _, (data,) = _events("cam", 7, 1)
+    assert encode_event(decode_event(data)) == data
+    for bad in (b"{", b'{"v": 1, "type": "tracks"}', b'{"v": 1, "type": "event"}', b"[]"):
+        with pytest.raises(ValueError, match=r"malformed event|not a v1"):
+            decode_event(bad)
