@@ -135,7 +135,7 @@ def test_rules_crud_with_bad_input(srv: Server) -> None:
         ("lines", {"id": "l", "points": [[0.1, 0.1], [0.2, 0.2]], "classes": ["unicorn"]},
          "unknown class 'unicorn'"),
         ("lines", {"id": "bad id", "points": [[0.1, 0.1], [0.2, 0.2]]}, "pattern"),
-        ("lines", {"id": "l", "points": [[0.1, 0.1], [0.2, 0.2]], "speed": 3}, "extra"),
+        ("lines", {"id": "l", "points": [[0.1, 0.1], [0.2, 0.2]], "speed": 3}, "Extra inputs"),
     ]  # fmt: skip
     for kind, rule, detail in bad:
         status, body = srv.request("POST", f"{base}/{kind}", rule, key=KEY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ class FakeEngine:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.fail = False
+        self.info = SimpleNamespace(class_names=("person",))  # what the analytics read
+        self.embedder: object | None = None
 
     def process(
         self, frames: Sequence[Frame], timings: dict[str, float] | None = None
@@ -229,7 +232,7 @@ def test_each_stream_runs_the_tracker_it_names(synthetic_clip: Path) -> None:
         return parse_stream({"id": sid, "url": str(synthetic_clip), "tracker": tracker})
 
     engine = FakeEngine()
-    engine.embedder = object()  # type: ignore[attr-defined]
+    engine.embedder = object()
     pipe = LivePipeline(load_config(None), lambda _: None, engine=engine)  # type: ignore[arg-type]
     try:
         pipe.add_stream(parse_stream({"id": "a", "url": str(synthetic_clip)}))
@@ -242,7 +245,7 @@ def test_each_stream_runs_the_tracker_it_names(synthetic_clip: Path) -> None:
         for sid in ("a", "b"):
             pipe.remove_stream(sid)
     motion_only = load_config(None, {"tracker.name": "bytetrack"})
-    engine.embedder = None  # type: ignore[attr-defined]
+    engine.embedder = None
     pipe = LivePipeline(motion_only, lambda _: None, engine=engine)  # type: ignore[arg-type]
     with pytest.raises(VigilError, match="tracker deepsort needs appearance"):
         pipe.add_stream(
