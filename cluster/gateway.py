@@ -37,9 +37,9 @@ from cluster.metrics import GatewayMetrics
 from models.classes import COCO_NAMES
 from pipeline.batcher import Backoff
 from pipeline.config import StreamConfig, VigilConfig
+from pipeline.credentials import public_url
 from pipeline.live import StreamConflict
 from pipeline.live_step import ThrottledLog
-from pipeline.sources import redact
 from pipeline.types import VigilError
 from pipeline.wiring import resolve_model
 from server.app import Runtime
@@ -63,11 +63,11 @@ def model_classes(cfg: VigilConfig) -> tuple[dict[str, str], list[str]]:
 
 def _unassigned(spec: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": spec["id"], "url": redact(str(spec["url"])), "state": "unassigned",
-        "last_error": None, "width": 0, "height": 0, "target_fps": spec.get("fps"),
-        "decode_fps": 0.0, "infer_fps": 0.0, "frames_decoded": 0, "frames_inferred": 0,
-        "drops": 0, "skipped": 0, "reconnects": 0, "errors": 0, "queue_depth": 0,
-        "owner": None, "token": None,
+        "id": spec["id"], "url": public_url(str(spec["url"])), "state": "unassigned",
+        "last_error": None, "last_error_at": None, "width": 0, "height": 0,
+        "target_fps": spec.get("fps"), "decode_fps": 0.0, "infer_fps": 0.0, "frames_decoded": 0,
+        "frames_inferred": 0, "drops": 0, "skipped": 0, "reconnects": 0, "decode_errors": 0,
+        "errors": 0, "queue_depth": 0, "owner": None, "token": None,
     }  # fmt: skip
 
 

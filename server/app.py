@@ -31,8 +31,8 @@ from pipeline.live_step import Published, ThrottledLog
 from pipeline.wiring import build_decode
 from server.auth import ApiKeys, RateLimiter, digest
 from server.backend import LocalStreams, StreamBackend
+from server.errors import Access, responses
 from server.errors import install as install_errors
-from server.errors import responses
 from server.event_store import EventStore
 from server.http_guard import BodyLimit
 from server.hub import Hub
@@ -355,8 +355,9 @@ def create_app(
             rt.outputs.forget_stream(stream_id)
         return Response(status_code=204)
 
-    app.include_router(rules_router(pipeline, read_access, mutation))
-    app.include_router(events_router(pipeline, rt.event_store, read_access, mutation))
+    access = Access(read_deps, mutation_deps, read_errors, auth_errors)
+    app.include_router(rules_router(pipeline, access))
+    app.include_router(events_router(pipeline, rt.event_store, access))
 
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:

@@ -9,6 +9,7 @@ OpenAPI description is true (a schemathesis test holds the server to it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,6 +47,25 @@ DESCRIPTIONS = {
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses a route can send."""
     return {c: {"model": ErrorBody, "description": DESCRIPTIONS[c]} for c in codes}
+
+
+@dataclass(frozen=True)
+class Access:
+    """A route's auth dependencies (with the security schemes that document them) and the
+    error statuses they can send, for routers built outside the app."""
+
+    reads: list[Any]
+    changes: list[Any]
+    read_errors: tuple[int, ...]  # (401, 403) when reads need a key, else ()
+    change_errors: tuple[int, ...]  # (401, 403) when keys are configured, else ()
+
+    def read_responses(self, *codes: int) -> dict[int | str, dict[str, Any]]:
+        """A read route's statuses: auth, ``codes``, 422 (bad parameters), 503 (not ready)."""
+        return responses(*sorted({*self.read_errors, *codes, 422, 503}))
+
+    def change_responses(self, *codes: int) -> dict[int | str, dict[str, Any]]:
+        """A mutation's statuses: auth, ``codes``, 422, 429 (rate limit), 503."""
+        return responses(*sorted({*self.change_errors, *codes, 422, 429, 503}))
 
 
 def one_line(exc: RequestValidationError) -> str:

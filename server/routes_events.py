@@ -19,23 +19,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 
 from analytics.health import CHECKS
 from analytics.stream import StreamAnalytics
 from pipeline.live import LivePipeline
+from server.errors import Access
 from server.event_store import MAX_PAGE, EventQuery, EventStore
 
 
 def events_router(
     pipeline: Callable[[], LivePipeline],
     store: Callable[[], EventStore | None],
-    read: Callable[..., None],
-    change: Callable[..., None],
+    access: Access,
 ) -> APIRouter:
-    """The routes above (``read``/``change``: the app's auth dependencies)."""
+    """The routes above (``access``: the app's auth dependencies and their statuses)."""
     router = APIRouter(prefix="/api", tags=["events"])
-    reads, changes = [Depends(read)], [Depends(change)]
+    reads, changes = access.reads, access.changes
+    one_stream = access.read_responses(404)
 
     def analytics(stream_id: str) -> StreamAnalytics:
         a = pipeline().analytics(stream_id)
@@ -49,7 +50,7 @@ def events_router(
             raise HTTPException(503, "the event store is disabled (events.enabled)")
         return s
 
-    @router.get("/events", dependencies=reads)
+    @router.get("/events", dependencies=reads, responses=access.read_responses())
     async def events(
         stream: str | None = None,
         rule: str | None = None,
@@ -67,13 +68,13 @@ def events_router(
         body = await asyncio.get_running_loop().run_in_executor(None, the_store().query, q)
         return Response(body, media_type="application/json")
 
-    @router.get("/counts", dependencies=reads)
+    @router.get("/counts", dependencies=reads, responses=access.read_responses())
     async def all_counts() -> dict[str, Any]:
         p = pipeline()
         found = {s.stream_id: p.analytics(s.stream_id) for s in p.streams()}
         return {sid: a.counts.snapshot() for sid, a in found.items() if a is not None}
 
-    @router.get("/streams/{stream_id}/counts", dependencies=reads)
+    @router.get("/streams/{stream_id}/counts", dependencies=reads, responses=one_stream)
     async def counts(
         stream_id: str,
         since: float | None = Query(None, description="unix seconds: count stored events"),
@@ -87,13 +88,17 @@ def events_router(
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, s.counts, stream_id, start, until)
 
-    @router.post("/streams/{stream_id}/counts/reset", dependencies=changes)
+    @router.post(
+        "/streams/{stream_id}/counts/reset",
+        dependencies=changes,
+        responses=access.change_responses(404),
+    )
     async def reset(stream_id: str) -> dict[str, Any]:
         a = analytics(stream_id)
         a.reset_counts(time.time())
         return a.counts.snapshot()
 
-    @router.get("/streams/{stream_id}/health", dependencies=reads)
+    @router.get("/streams/{stream_id}/health", dependencies=reads, responses=one_stream)
     async def health(stream_id: str) -> dict[str, Any]:
         h = analytics(stream_id).health
         if h is None:

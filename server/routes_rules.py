@@ -21,12 +21,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, cast
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel
 
 from analytics.rules import LineRule, ZoneRule
 from pipeline.config import parse_section
 from pipeline.live import LivePipeline
+from server.errors import Access
 from server.schema import rest_model
 
 LineIn = rest_model(LineRule, "LineIn")
@@ -47,13 +48,12 @@ def rule_dict(rule: LineRule | ZoneRule) -> dict[str, Any]:
     return d
 
 
-def rules_router(
-    pipeline: Callable[[], LivePipeline], read: Callable[..., None], change: Callable[..., None]
-) -> APIRouter:
-    """The routes above; ``pipeline()`` gives the live pipeline (or raises 503), ``read`` and
-    ``change`` are the app's read and mutation dependencies (auth, rate limit)."""
+def rules_router(pipeline: Callable[[], LivePipeline], access: Access) -> APIRouter:
+    """The routes above; ``pipeline()`` gives the live pipeline (or raises 503), ``access`` the
+    app's read and mutation dependencies (auth, rate limit) and the statuses they can send."""
     router = APIRouter(prefix="/api/streams/{stream_id}", tags=["rules"])
-    reads, changes = [Depends(read)], [Depends(change)]
+    reads, changes = access.reads, access.changes
+    read_doc, change_doc = access.read_responses, access.change_responses
 
     def current(stream_id: str) -> tuple[tuple[LineRule, ...], tuple[ZoneRule, ...]]:
         a = pipeline().analytics(stream_id)
@@ -71,11 +71,11 @@ def rules_router(
         lines, zones = current(stream_id)
         return {"lines": [rule_dict(r) for r in lines], "zones": [rule_dict(r) for r in zones]}
 
-    @router.get("/rules", dependencies=reads)
+    @router.get("/rules", dependencies=reads, responses=read_doc(404))
     async def get_rules(stream_id: str) -> dict[str, list[dict[str, Any]]]:
         return all_rules(stream_id)
 
-    @router.put("/rules", dependencies=changes)
+    @router.put("/rules", dependencies=changes, responses=change_doc(400, 404, 413))
     async def put_rules(stream_id: str, body: RulesIn) -> dict[str, list[dict[str, Any]]]:
         current(stream_id)
         lines = tuple(_parse(LineRule, x) for x in body.lines)
@@ -84,7 +84,7 @@ def rules_router(
         return all_rules(stream_id)
 
     for kind, cls, model in (("lines", LineRule, LineIn), ("zones", ZoneRule, ZoneIn)):
-        _crud(router, kind, cls, model, current, apply, reads, changes)
+        _crud(router, kind, cls, model, current, apply, access)
     return router
 
 
@@ -101,8 +101,7 @@ def _crud(
     model: type[BaseModel],
     current: Callable[[str], tuple[tuple[LineRule, ...], tuple[ZoneRule, ...]]],
     apply: Callable[[str, tuple[LineRule, ...], tuple[ZoneRule, ...]], None],
-    reads: list[Any],
-    changes: list[Any],
+    access: Access,
 ) -> None:
     """List/create/read/replace/delete routes of one kind of rule (``lines`` or ``zones``)."""
     index = 0 if kind == "lines" else 1
@@ -149,8 +148,14 @@ def _crud(
     # The body's model is built at run time: give FastAPI the class, not a name to look up.
     create.__annotations__["body"] = replace.__annotations__["body"] = model
     one = f"/{kind}/{{rule_id}}"
-    router.get(f"/{kind}", dependencies=reads, name=f"list {kind}")(list_rules)
-    router.post(f"/{kind}", status_code=201, dependencies=changes, name=f"create {kind}")(create)
-    router.get(one, dependencies=reads, name=f"get {kind}")(get)
-    router.put(one, dependencies=changes, name=f"replace {kind}")(replace)
-    router.delete(one, status_code=204, dependencies=changes, name=f"delete {kind}")(delete)
+    reads, changes = access.reads, access.changes
+    read_doc = access.read_responses(404)
+    router.get(f"/{kind}", dependencies=reads, responses=read_doc, name=f"list {kind}")(list_rules)
+    router.post(f"/{kind}", status_code=201, dependencies=changes, name=f"create {kind}",
+                responses=access.change_responses(400, 404, 409, 413))(create)  # fmt: skip
+    router.get(one, dependencies=reads, responses=read_doc, name=f"get {kind}")(get)
+    router.put(one, dependencies=changes, name=f"replace {kind}",
+               responses=access.change_responses(400, 404, 413))(replace)  # fmt: skip
+    gone = access.change_responses(404)
+    router.delete(one, status_code=204, dependencies=changes, name=f"delete {kind}",
+                  response_class=Response, responses=gone)(delete)  # fmt: skip

@@ -101,7 +101,12 @@ class StreamStatus(BaseModel):
 
     id: str
     url: str
-    state: Literal["connecting", "live", "stalled", "reconnecting", "stopped", "failed"]
+    # unassigned / starting: a gateway's camera that no worker runs yet / whose worker has
+    # claimed it and not yet reported it
+    state: Literal[
+        "connecting", "live", "stalled", "reconnecting", "stopped", "failed", "unassigned",
+        "starting",
+    ]  # fmt: skip
     last_error: str | None
     last_error_at: float | None
     width: int
@@ -117,3 +122,5 @@ class StreamStatus(BaseModel):
     decode_errors: int
     errors: int
     queue_depth: int
+    owner: str | None = None  # a gateway's camera: the worker that holds its lease
+    token: int | None = None  # and that lease's fencing token
