@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from analytics.counts import Counts
 from analytics.events import Event, decode_event
 from cluster.connection import REDIS_DOWN, Keys, connect, node_id, redacted
 from cluster.entries import TRACK, Entry, decode_entry, published_of
@@ -93,6 +94,9 @@ class Gateway:
         self._workers: dict[str, dict[str, Any]] = {}
         self._last: dict[str, tuple[int, int]] = {}  # camera -> (seq, token) delivered
         self._ids: dict[str, bytes] = {}  # camera -> last stream entry id read
+        # camera -> (its rule ids, counts folded from the events this gateway fanned out)
+        self._counts: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], Counts]] = {}
+        self._counts_lock = threading.Lock()
         self._stop = threading.Event()
         self._log = ThrottledLog()
         self._backoff = Backoff(cfg.redis.backoff_initial_s, cfg.redis.backoff_max_s)
@@ -243,6 +247,8 @@ class Gateway:
             raw = self.client.hgetall(self.keys.streams)
             self._desired = {k.decode(): json.loads(v) for k, v in raw.items()}
             self._rev = rev
+            with self._counts_lock:
+                self._counts = {c: v for c, v in self._counts.items() if c in self._desired}
         cams = sorted(self._desired)
         holders = self.leases.holders(cams)
         self._owners = {c: h for c, h in zip(cams, holders, strict=True) if h is not None}
@@ -297,7 +303,34 @@ class Gateway:
             self.metrics.gaps.labels(cam).inc(entry.seq - last[0] - 1)
         self._last[cam] = (entry.seq, entry.token)
         self.metrics.entries.labels("track").inc()
+        if msg.events:
+            self._counts_of(cam).add(msg.events)
         self.rt.handoff(msg)
+
+    def _counts_of(self, cam: str) -> Counts:
+        """The camera's counts, started when this gateway first needed them, following the
+        rules of its desired spec (a changed rule set keeps the counts of unchanged ids)."""
+        spec = self._desired.get(cam, {})
+        rules = (
+            tuple(str(r["id"]) for r in spec.get("lines", ())),
+            tuple(str(r["id"]) for r in spec.get("zones", ())),
+        )
+        with self._counts_lock:
+            held = self._counts.get(cam)
+            if held is None:
+                held = (rules, Counts(time.time()))
+                held[1].set_rules(*rules)
+            elif held[0] != rules:
+                held[1].set_rules(*rules)
+                held = (rules, held[1])
+            self._counts[cam] = held
+            return held[1]
+
+    def counts(self, streams: frozenset[str] | None) -> dict[str, Any]:
+        """Counts folded from the events this gateway delivered, since it first saw each
+        camera (``since_ts``); the worker's own counts are not reachable from here."""
+        cams = [c for c in sorted(self._desired) if streams is None or c in streams]
+        return {cam: self._counts_of(cam).snapshot() for cam in cams}
 
 
 def serve_gateway(cfg: VigilConfig) -> int:

@@ -151,14 +151,8 @@ class Runtime:
         return None if self.outputs is None else self.outputs.store
 
     def counts(self, streams: frozenset[str] | None) -> dict[str, Any]:
-        """Counts of the running streams (``streams``: only those), by stream id."""
-        p = self.pipeline
-        found = {s.stream_id: p.analytics(s.stream_id) for s in p.streams()} if p else {}
-        return {
-            sid: a.counts.snapshot()
-            for sid, a in found.items()
-            if a is not None and (streams is None or sid in streams)
-        }
+        """Counts of the streams (``streams``: only those), by stream id, from the backend."""
+        return {} if self.backend is None else self.backend.counts(streams)
 
     def spec(self, entry: dict[str, Any] | StreamConfig) -> tuple[StreamConfig, str]:
         """A validated stream and the URL FFmpeg will open (the URL policy applied)."""
@@ -264,9 +258,9 @@ def create_app(
     def pipeline() -> LivePipeline:
         if rt.pipeline is None:
             if rt.backend_factory is not None:
-                raise HTTPException(503, "live rules and counts are served by the workers' "
-                                    "`vigil serve` API; in a cluster, set lines and zones in "
-                                    "the stream (POST /api/streams)")  # fmt: skip
+                raise HTTPException(503, "a gateway does not reach the workers' analytics: set "
+                                    "lines and zones in the stream (POST /api/streams); "
+                                    "counts come from the events it relays")  # fmt: skip
             raise HTTPException(503, "not ready")
         return rt.pipeline
 
@@ -357,7 +351,7 @@ def create_app(
 
     access = Access(read_deps, mutation_deps, read_errors, auth_errors)
     app.include_router(rules_router(pipeline, access))
-    app.include_router(events_router(pipeline, rt.event_store, access))
+    app.include_router(events_router(pipeline, rt.event_store, rt.counts, access))
 
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:

@@ -32,6 +32,9 @@ class StreamBackend(Protocol):
     def add(self, spec: StreamConfig, url: str) -> dict[str, Any]: ...
     def remove(self, stream_id: str) -> bool: ...
     def stop(self, drain_timeout_s: float) -> None: ...
+    def counts(self, streams: frozenset[str] | None) -> dict[str, Any]:
+        """Counts by stream id (``analytics.counts`` shape), of ``streams`` only if given."""
+        ...
 
 
 def stream_status(stream: LiveStream, rates: dict[str, float], errors: int = 0) -> dict[str, Any]:
@@ -89,3 +92,13 @@ class LocalStreams:
 
     def stop(self, drain_timeout_s: float) -> None:
         self.pipeline.stop(drain_timeout_s)
+
+    def counts(self, streams: frozenset[str] | None) -> dict[str, Any]:
+        """Each running stream's analytics counts, since its start or its last reset."""
+        p = self.pipeline
+        found = {s.spec.id: p.analytics(s.spec.id) for s in p.streams()}
+        return {
+            sid: a.counts.snapshot()
+            for sid, a in found.items()
+            if a is not None and (streams is None or sid in streams)
+        }

@@ -3,9 +3,10 @@
     GET  /api/events?stream=&rule=&kind=a,b&class=&since=&until=&limit=&cursor=&order=
          one page of stored events, oldest first (``order=desc``: newest first):
          {"events": [<v1 event>...], "next": <cursor for the next page, or null>}
-    GET  /api/counts                              every stream's counts since start (or reset)
-    GET  /api/streams/{sid}/counts[?since=&until=]  since start/reset; with ``since`` (unix s)
-                                                  counted from the event store instead
+    GET  /api/counts                              every stream's counts since start (or reset;
+                                                  on a gateway: since it first saw the camera)
+    GET  /api/streams/{sid}/counts[?since=&until=]  the same for one stream; with ``since``
+                                                  (unix s) counted from the event store instead
     POST /api/streams/{sid}/counts/reset          zero the counters (API key)
     GET  /api/streams/{sid}/health                the camera-health checks now
 
@@ -31,9 +32,11 @@ from server.event_store import MAX_PAGE, EventQuery, EventStore
 def events_router(
     pipeline: Callable[[], LivePipeline],
     store: Callable[[], EventStore | None],
+    counts_of: Callable[[frozenset[str] | None], dict[str, Any]],
     access: Access,
 ) -> APIRouter:
-    """The routes above (``access``: the app's auth dependencies and their statuses)."""
+    """The routes above (``counts_of``: the backend's live counts by stream; ``access``: the
+    app's auth dependencies and their statuses)."""
     router = APIRouter(prefix="/api", tags=["events"])
     reads, changes = access.reads, access.changes
     one_stream = access.read_responses(404)
@@ -70,9 +73,7 @@ def events_router(
 
     @router.get("/counts", dependencies=reads, responses=access.read_responses())
     async def all_counts() -> dict[str, Any]:
-        p = pipeline()
-        found = {s.stream_id: p.analytics(s.stream_id) for s in p.streams()}
-        return {sid: a.counts.snapshot() for sid, a in found.items() if a is not None}
+        return counts_of(None)
 
     @router.get("/streams/{stream_id}/counts", dependencies=reads, responses=one_stream)
     async def counts(
@@ -80,9 +81,11 @@ def events_router(
         since: float | None = Query(None, description="unix seconds: count stored events"),
         until: float | None = Query(None, description="unix seconds, exclusive"),
     ) -> dict[str, Any]:
-        a = analytics(stream_id)
         if since is None and until is None:
-            return a.counts.snapshot()
+            found = counts_of(frozenset({stream_id}))
+            if stream_id not in found:
+                raise HTTPException(404, f"no stream {stream_id!r} with analytics")
+            return dict(found[stream_id])
         s = the_store()
         start = 0.0 if since is None else since
         loop = asyncio.get_running_loop()

@@ -20,13 +20,13 @@ from benchmarks.cluster_run import RedisServer, redis_server
 from cluster.connection import Keys, connect
 from cluster.entries import Entry, decode_entry, published_of, track_fields, tracks_of
 from cluster.events import EventConsumer, StoreFn
-from cluster.gateway import store_events
+from cluster.gateway import Gateway, store_events
 from cluster.leases import Lease, Leases
 from cluster.metrics import WorkerMetrics
 from cluster.worker import next_seq
 from cluster.writer import ResultWriter
 from pipeline.batcher import Backoff
-from pipeline.config import EventStoreConfig, RedisConfig, VigilConfig
+from pipeline.config import EventStoreConfig, RedisConfig, VigilConfig, parse_stream
 from pipeline.encode import encode_message
 from pipeline.live_step import Published
 from pipeline.types import Tracks, VigilError
@@ -312,3 +312,55 @@ def test_an_event_message_round_trips() -> None:
     for bad in (b"{", b'{"v": 1, "type": "tracks"}', b'{"v": 1, "type": "event"}', b"[]"):
         with pytest.raises(ValueError, match=r"malformed event|not a v1"):
             decode_event(bad)
+
+
+def test_a_gateway_counts_the_events_it_relays(server: RedisServer, tmp_path: Path) -> None:
+    """A real Gateway over the real Redis: a camera added with a line through the gateway, a
+    worker's frames with crossings, and the gateway's counts (what `GET /api/counts` and
+    `{"op":"counts"}` answer there) fold exactly the relayed events; removing the camera drops
+    them."""
+    from server.app import Runtime
+
+    cfg = VigilConfig(
+        redis=RedisConfig(url=server.url, key_prefix="gwc"),
+        events=EventStoreConfig(enabled=False),
+    )
+    gw = Gateway(cfg, Runtime(cfg))
+    try:
+        line = {"id": "door", "points": [[0.5, 0], [0.5, 1]]}
+        spec = parse_stream({"id": "door", "url": "door.mp4", "lines": [line]})
+        gw.add(spec, "door.mp4")
+        assert gw.counts(None)["door"]["lines"] == {"door": {"in": {}, "out": {}}}
+        client = connect(cfg.redis)
+        leases = Leases(client, Keys("gwc"), ttl_s=60)
+        writer = ResultWriter(leases, Keys("gwc"), maxlen=1000, capacity=1000, batch=16,
+                              backoff=Backoff(0.05, 0.2),
+                              metrics=WorkerMetrics(CollectorRegistry()),
+                              on_rejected=lambda _: None, on_redis=lambda _: None)  # fmt: skip
+        lease = leases.claim("door", "w1")
+        assert lease is not None
+        writer.own(lease)
+        writer.start()
+        # a gateway relays a camera from its latest entry on: wait until it follows this one
+        wait_until(lambda: "door" in gw._ids, 20, "the gateway follows the camera")
+        for seq in range(1, 31):
+            msg = _message("door", seq)
+            events, data = _events("door", seq, seq % 3)
+            writer.publish(Published("door", seq, msg.arrival, msg.data, msg.tracks, events, data))
+        wait_until(lambda: writer.pending() == 0, 20, "entries written")
+        writer.stop(1.0)
+        # 30 frames with 0, 1, 2 events: 30 crossings, "out" for even i and "in" for odd i
+        wait_until(
+            lambda: sum(gw.counts(None)["door"]["lines"]["door"]["out"].values()) == 20,
+            20,
+            "the gateway relayed every frame",
+        )
+        assert gw.counts(frozenset({"door"}))["door"]["lines"]["door"] == {
+            "in": {"person": 10},
+            "out": {"person": 20},
+        }
+        assert gw.counts(frozenset({"other"})) == {}
+        assert gw.remove("door")
+        assert gw.counts(None) == {}
+    finally:
+        gw.stop(1.0)
