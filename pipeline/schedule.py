@@ -63,6 +63,12 @@ class DetectSchedule:
         batches frames must finish the detection in flight before deciding the next frame."""
         return self.motion is not None
 
+    def needs_last(self, moving: bool) -> bool:
+        """Whether :meth:`decide` for a frame with this ``moving`` reads :attr:`last_empty`
+        (a caller batching frames must then finish the detection in flight first): only with
+        motion gating, and only for a still frame or with ``detect_every`` above 1."""
+        return self.motion is not None and (not moving or self.every > 1)
+
     def decide(self, pts: float, moving: bool) -> bool:
         """Detect this frame? Call once per frame, in order, after :meth:`moving`; after a
         detection report its result with :meth:`found`."""
