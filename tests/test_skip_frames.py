@@ -104,7 +104,7 @@ def test_live_step_runs_the_detector_on_every_kth_frame_and_marks_the_rest_predi
     st = StreamRuntime(
         FakeStream("cam"), create_tracker("bytetrack"), schedule=DetectSchedule(detect_every=2)
     )
-    engine, out = CountingEngine(), []
+    engine, out = CountingEngine(), list[Published]()
     guard = StepGuard(log=ThrottledLog(60.0, lambda _: None))
     counts: dict[str, int] = {}
     for i in range(20):
@@ -126,11 +126,13 @@ def _replay(tmp: Path, frames: int, **schedule: object) -> tuple[dict[str, objec
     seen: list[int] = []
     real = engine.process
 
-    def process(batch: Sequence[Frame], timings: dict[str, float] | None = None) -> object:
-        seen.extend(f.index for f in batch)
-        return real(batch, timings)
+    def process(
+        frames: Sequence[Frame], timings: dict[str, float] | None = None
+    ) -> tuple[list[Detections], list[np.ndarray | None]]:
+        seen.extend(f.index for f in frames)
+        return real(frames, timings)
 
-    engine.process = process  # type: ignore[method-assign]
+    engine.process = process  # type: ignore[method-assign]  # count what reaches the engine
     source = FFmpegSource(str(SAMPLE_CLIP), "replay", max_frames=frames)
     summary = Replay(source, cfg, tmp, engine=engine, **schedule).run()  # type: ignore[arg-type]
     return summary, seen
