@@ -40,6 +40,9 @@ from pipeline.config import StreamConfig, VigilConfig
 from pipeline.live_step import StreamRuntime
 from pipeline.types import Frame
 
+MIN_SIGNAL_MS = 50.0  # predicted inference ms/s below which the busy ratio is not trusted
+SCALE_RANGE = (0.5, 10.0)  # how far measurement may correct the model
+SCALE_WEIGHT = 0.3  # of each second's ratio in the running correction
 OVERLOAD_BUSY = 0.9  # the inference thread busy this share of a second: overloaded
 OVERLOAD_DROPS = 0.02  # or this share of admitted frames dropped in the LATEST slots
 UNKNOWN_SOURCE_FPS = 25.0  # decode rate assumed for an ``fps: 0`` stream not yet measured
@@ -74,6 +77,9 @@ class Capacity:
         self.allocated: dict[str, float] = {}  # stream -> fps set by QoS (absent: its own)
         self.degraded = False
         self.busy = 0.0  # share of the last second the inference thread ran steps
+        # measured inference-thread time / what the model predicts for the frames inferred:
+        # corrects the model (contention, overheads it does not see) in admission and QoS
+        self.scale = 1.0
         self._meters: dict[str, _Meter] = {}
         self._lock = threading.Lock()
         self._dropped = 0
@@ -180,7 +186,7 @@ class Capacity:
         n = len(running) + 1
         demands = [self.demand(st, n) for st in running]
         new = self.candidate(spec, n, running=running)
-        load = self.params.target_load
+        load = self.params.target_load / self.scale  # the measured correction: see tick
         if fits(self.model, demands, new, load) >= 1:
             return spec.fps, ""
         if spec.min_fps > 0:
@@ -192,7 +198,8 @@ class Capacity:
         return 0.0, (
             f"stream {spec.id!r} would overload this server: at {new.fps:g} fps it needs about "
             f"{new.fps * new.frame_ms:.0f} ms/s of inference time and {free:.0f} of "
-            f"{budget:.0f} ms/s are free (capacity.target_load {load:g}); lower its fps, set "
+            f"{budget:.0f} ms/s are free (capacity.target_load {self.params.target_load:g}); "
+            "lower its fps, set "
             "min_fps to accept a lower rate, or add a machine"
         )
 
@@ -213,7 +220,14 @@ class Capacity:
                 self._apply(states, {})
                 return
             demands = [self.demand(st, len(states)) for st in states]
-            budget = self.model.budget(sum(d.decode_ms_s for d in demands), QOS_LOAD)
+            predicted = sum(
+                st.rates.get("infer_fps", 0.0) * d.frame_ms
+                for st, d in zip(states, demands, strict=True)
+            )
+            if predicted >= MIN_SIGNAL_MS and dt > 0:
+                ratio = min(SCALE_RANGE[1], max(SCALE_RANGE[0], busy_s * 1e3 / dt / predicted))
+                self.scale += SCALE_WEIGHT * (ratio - self.scale)
+            budget = self.model.budget(sum(d.decode_ms_s for d in demands), QOS_LOAD / self.scale)
             overloaded = self.busy >= OVERLOAD_BUSY or d_drop > OVERLOAD_DROPS * max(d_adm, 1)
             if overloaded:
                 self.degraded = True
@@ -252,7 +266,7 @@ class Capacity:
             demands = [self.demand(st, n) for st in states]
             spec = StreamConfig(id="candidate", url="-", fps=fps, detect_every=detect_every)
             new = self.candidate(spec, n, width, height, source_fps, states)
-            load = self.params.target_load
+            load = self.params.target_load / self.scale
             decode = sum(d.decode_ms_s for d in demands)
             budget = self.model.budget(decode, load)
             more = fits(self.model, demands, new, load)
@@ -264,6 +278,7 @@ class Capacity:
                 "used_ms_per_s": round(used(demands), 1),
                 "decode_cpu_ms_per_s": round(decode, 1),
                 "inference_busy": round(self.busy, 3),
+                "model_correction": round(self.scale, 3),
                 "degraded": self.degraded,
                 "request": {
                     "width": width, "height": height, "fps": fps, "detect_every": detect_every,
