@@ -63,6 +63,14 @@ class _Meter:
     per_frame: float = -1.0  # detections per detected frame
 
 
+def _size(running: Sequence[StreamRuntime], width: int, height: int) -> tuple[int, int]:
+    """``width`` x ``height`` when given, else the running streams' mean size, else 640x480."""
+    if width and height:
+        return width, height
+    sizes = np.array([(r.stream.width, r.stream.height) for r in running if r.stream.width])
+    return (int(sizes[:, 0].mean()), int(sizes[:, 1].mean())) if len(sizes) else DEFAULT_SIZE
+
+
 def _mix(old: float, new: float, weight: float) -> float:
     return new if old < 0 else old + weight * (new - old)
 
@@ -153,13 +161,7 @@ class Capacity:
         """A stream not started yet: its decoder priced at ``width`` x ``height`` (default: the
         mean of the running streams', else 640x480) and ``source_fps`` decoded frames per
         second (default: its fps); its detections per frame at the running streams' mean."""
-        sizes = [(r.stream.width, r.stream.height) for r in running if r.stream.width]
-        if not (width and height):
-            width, height = (
-                (int(np.mean([s[0] for s in sizes])), int(np.mean([s[1] for s in sizes])))
-                if sizes
-                else DEFAULT_SIZE
-            )
+        width, height = _size(running, width, height)
         fps = spec.fps or source_fps or UNKNOWN_SOURCE_FPS
         decoded = source_fps or fps
         per = [m.per_frame for m in self._meters.values() if m.per_frame >= 0]
@@ -253,18 +255,20 @@ class Capacity:
     def report(
         self,
         states: Sequence[StreamRuntime],
-        width: int = DEFAULT_SIZE[0],
-        height: int = DEFAULT_SIZE[1],
+        width: int = 0,
+        height: int = 0,
         fps: float = 10.0,
         detect_every: int = 1,
         source_fps: float = 0.0,
     ) -> dict[str, Any]:
         """``GET /api/capacity``: the budget, what the streams use, how many more streams of
-        ``width`` x ``height`` at ``fps`` fit, and the measured costs."""
+        ``width`` x ``height`` (default: the running streams' mean size, else 640x480) at
+        ``fps`` fit, and the measured costs."""
         with self._lock:
             n = len(states) + 1
             demands = [self.demand(st, n) for st in states]
             spec = StreamConfig(id="candidate", url="-", fps=fps, detect_every=detect_every)
+            width, height = _size(states, width, height)
             new = self.candidate(spec, n, width, height, source_fps, states)
             load = self.params.target_load / self.scale
             decode = sum(d.decode_ms_s for d in demands)
