@@ -217,10 +217,6 @@ class Capacity:
             d_drop, d_adm = dropped - self._dropped, admitted - self._admitted
             self._dropped, self._admitted = dropped, admitted
             self.busy = min(1.0, busy_s / dt) if dt > 0 else 0.0
-            if not self.params.enabled or not states:
-                self.degraded = False
-                self._apply(states, {})
-                return
             demands = [self.demand(st, len(states)) for st in states]
             predicted = sum(
                 st.rates.get("infer_fps", 0.0) * d.frame_ms
@@ -229,6 +225,10 @@ class Capacity:
             if predicted >= MIN_SIGNAL_MS and dt > 0:
                 ratio = min(SCALE_RANGE[1], max(SCALE_RANGE[0], busy_s * 1e3 / dt / predicted))
                 self.scale += SCALE_WEIGHT * (ratio - self.scale)
+            if not self.params.enabled or not states:
+                self.degraded = False
+                self._apply(states, {})
+                return
             budget = self.model.budget(sum(d.decode_ms_s for d in demands), QOS_LOAD / self.scale)
             overloaded = self.busy >= OVERLOAD_BUSY or d_drop > OVERLOAD_DROPS * max(d_adm, 1)
             if overloaded:
