@@ -150,7 +150,7 @@ def run_step(
     in flight are skipped: nothing of theirs is published after their deletion."""
     thumbs = [_thumb(st, f) for st, f in batch]
     plan = [
-        st.schedule.always or st.schedule.decide(f.pts, st.schedule.moving(th, f.pts))
+        st.schedule.decide(f.pts, st.schedule.moving(th, f.pts))
         for (st, f), th in zip(batch, thumbs, strict=True)
     ]
     todo = [f for (_, f), p in zip(batch, plan, strict=True) if p]

@@ -128,7 +128,7 @@ class Replay:
                 sched = self.schedule
                 thumb = None if sched.always and self.analytics is None else thumbnail(frame.image)
                 if sched.always:
-                    held.append((frame, True, thumb))
+                    held.append((frame, sched.decide(frame.pts, True), thumb))
                 else:
                     moving = sched.moving(thumb, frame.pts)
                     # the detection in flight decides this frame: finish it first
