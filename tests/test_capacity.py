@@ -157,9 +157,13 @@ def test_the_server_refuses_what_does_not_fit_and_reports_capacity(tmp_path: Pat
         body = {"id": "greedy", "url": "cam.mp4", "fps": 240}
         status, reply = srv.request("POST", "/api/streams", body)
         assert status == 409 and "would overload" in reply["detail"]
-        status, reply = srv.request("POST", "/api/streams", {**body, "min_fps": 2})
+        gated = {**body, "min_fps": 2, "motion": {"enabled": True}}
+        status, reply = srv.request("POST", "/api/streams", gated)
         assert status == 201 and 2 <= reply["target_fps"] < 240, reply
-        assert reply["effective_fps"] == reply["target_fps"]
+        assert reply["effective_fps"] == reply["target_fps"] and reply["motion"] is True
+        status, motion = srv.request("GET", "/api/streams/greedy/motion")
+        assert status == 200 and motion["enabled"] is True
+        assert srv.request("GET", "/api/streams/nobody/motion")[0] == 404
         status, text = srv.request("GET", "/metrics")
         assert status == 200
         for name in (
