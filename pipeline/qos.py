@@ -157,15 +157,18 @@ class Capacity:
         height: int = 0,
         source_fps: float = 0.0,
         running: Sequence[StreamRuntime] = (),
+        share: float | None = None,
     ) -> Demand:
         """A stream not started yet: its decoder priced at ``width`` x ``height`` (default: the
         mean of the running streams', else 640x480) and ``source_fps`` decoded frames per
-        second (default: its fps); its detections per frame at the running streams' mean."""
+        second (default: its fps); its detections per frame at the running streams' mean; the
+        share of its frames detected ``share`` (default ``1 / detect_every``)."""
         width, height = _size(running, width, height)
         fps = spec.fps or source_fps or UNKNOWN_SOURCE_FPS
         decoded = source_fps or fps
         per = [m.per_frame for m in self._meters.values() if m.per_frame >= 0]
-        share = 1.0 / spec.detect_every  # motion gating saves an amount only measurement knows
+        if share is None:  # motion gating saves an amount only measurement knows
+            share = 1.0 / spec.detect_every
         frame_ms = self.model.frame_ms(
             share, float(np.mean(per)) if per else PRIOR_DETECTIONS, self._batch(streams)
         )
@@ -274,6 +277,18 @@ class Capacity:
             decode = sum(d.decode_ms_s for d in demands)
             budget = self.model.budget(decode, load)
             more = fits(self.model, demands, new, load)
+            # the whole machine's worth of such streams, priced as the running ones measure
+            alike = [
+                self._meters[st.stream.stream_id].detected_share
+                for st in states
+                if st.stream.spec.detect_every == detect_every
+                and self._meters.get(st.stream.stream_id, _Meter()).detected_share >= 0
+            ]
+            like = self.candidate(
+                spec, 1, width, height, source_fps, states,
+                share=float(np.mean(alike)) if alike else None,
+            )  # fmt: skip
+            total = fits(self.model, [], like, load)
             return {
                 "enabled": self.params.enabled,
                 "streams": len(states),
@@ -289,7 +304,7 @@ class Capacity:
                     "source_fps": source_fps or fps, "ms_per_frame": round(new.frame_ms, 3),
                 },
                 "more_streams": more,
-                "total_streams": len(states) + more,
+                "total_streams": total,
                 "per_stream": {
                     d.stream: {
                         "fps": d.fps,
