@@ -245,7 +245,7 @@ def live_probe(
     before = {s.spec.id: (s.frames_decoded, s.slot.dropped) for s in pipe.streams()}
     time.sleep(seconds)
     after = {s.spec.id: (s.frames_decoded, s.slot.dropped) for s in pipe.streams()}
-    capacity = pipe.capacity_report(fps=fps)
+    capacity = pipe.capacity_report(fps=fps, detect_every=stream.get("detect_every", 1))
     detector = [st.schedule.counts() for st in pipe.runtimes()]
     pipe.stop(2.0)
     with lock:
