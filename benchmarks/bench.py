@@ -232,9 +232,7 @@ def live_probe(
     live_cfg = replace(cfg, live=replace(cfg.live, max_streams=max(n, 1)))
     pipe = LivePipeline(live_cfg, publish)
     for i, url in enumerate(urls):
-        pipe.add_stream(
-            StreamConfig(f"cam{i}", url, fps=fps, loop=True, realtime=True, **stream)
-        )
+        pipe.add_stream(StreamConfig(f"cam{i}", url, fps=fps, loop=True, realtime=True, **stream))
     pipe.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(s.frames_decoded == 0 for s in pipe.streams()):
