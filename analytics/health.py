@@ -50,11 +50,13 @@ class CameraHealth:
         self._last_pts = -math.inf
         self._clock: tuple[float, float] | None = None  # (pts, ts) the drift is measured from
 
-    def update(self, at: Moment, image: np.ndarray) -> list[Event]:
+    def update(self, at: Moment, image: np.ndarray, thumb: np.ndarray | None = None) -> list[Event]:
+        """The events of this frame; ``thumb``: ``thumbnail(image)`` when already made (the
+        live step makes it once for motion gating and health)."""
         p = self.params
         if not p.enabled:
             return []
-        thumb = thumbnail(image)
+        thumb = thumbnail(image) if thumb is None else thumb
         events: list[Event] = []
         mean, std = float(thumb.mean()), float(thumb.std())
         self.brightness = mean

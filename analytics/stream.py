@@ -142,16 +142,18 @@ class StreamAnalytics:
         size: tuple[int, int],
         ts: float = 0.0,
         image: np.ndarray | None = None,
+        thumb: np.ndarray | None = None,
     ) -> list[Event]:
         """Analyse one frame: ``tracks`` as reported (source pixels; only confirmed tracks
         count), ``size`` the frame's (width, height) in pixels, ``ts`` its wall-clock arrival,
-        ``image`` the decoded frame for the camera-health checks. Returns the new events."""
+        ``image`` the decoded frame for the camera-health checks (``thumb``: its
+        ``health.thumbnail`` when the caller already made it). Returns the new events."""
         self._apply_pending()
         self._tick += 1
         at = self._last = Moment(self.stream, tracks.frame_index, tracks.pts, ts, *size)
         events: list[Event] = []
         if self.health is not None and image is not None:
-            events += self.health.update(at, image)
+            events += self.health.update(at, image, thumb)
         if len(tracks):
             events += self._observe(at, tracks)
         t = self.table

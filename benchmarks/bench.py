@@ -210,10 +210,14 @@ def bench_replay(cfg: VigilConfig, footage: list[str], max_frames: int) -> list[
     return out
 
 
-def live_probe(cfg: VigilConfig, urls: list[str], seconds: float, fps: float) -> dict[str, Any]:
+def live_probe(
+    cfg: VigilConfig, urls: list[str], seconds: float, fps: float, **stream: Any
+) -> dict[str, Any]:
     """One live run: ``urls`` as looped, real-time-paced streams at ``fps`` (inference rate)
     through :class:`pipeline.live.LivePipeline` for ``seconds`` after a warm-up; latency is
-    publish time minus the frame's arrival from the decoder."""
+    publish time minus the frame's arrival from the decoder. ``stream``: more StreamConfig
+    fields for every stream (``detect_every``, ``motion``). The result's ``capacity`` is the
+    pipeline's own estimate (``GET /api/capacity``) at the end of the run."""
     from pipeline.config import StreamConfig
     from pipeline.live import LivePipeline, Published
 
@@ -228,7 +232,7 @@ def live_probe(cfg: VigilConfig, urls: list[str], seconds: float, fps: float) ->
     live_cfg = replace(cfg, live=replace(cfg.live, max_streams=max(n, 1)))
     pipe = LivePipeline(live_cfg, publish)
     for i, url in enumerate(urls):
-        pipe.add_stream(StreamConfig(f"cam{i}", url, fps=fps, loop=True, realtime=True))
+        pipe.add_stream(StreamConfig(f"cam{i}", url, fps=fps, loop=True, realtime=True, **stream))
     pipe.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(s.frames_decoded == 0 for s in pipe.streams()):
@@ -239,6 +243,8 @@ def live_probe(cfg: VigilConfig, urls: list[str], seconds: float, fps: float) ->
     before = {s.spec.id: (s.frames_decoded, s.slot.dropped) for s in pipe.streams()}
     time.sleep(seconds)
     after = {s.spec.id: (s.frames_decoded, s.slot.dropped) for s in pipe.streams()}
+    capacity = pipe.capacity_report(fps=fps, detect_every=stream.get("detect_every", 1))
+    detector = [st.schedule.counts() for st in pipe.runtimes()]
     pipe.stop(2.0)
     with lock:
         lat = np.array(latencies) * 1e3
@@ -254,6 +260,11 @@ def live_probe(cfg: VigilConfig, urls: list[str], seconds: float, fps: float) ->
         "decoded_fps": round(decoded / seconds, 1),
         "drop_fraction": round(dropped / max(decoded, 1), 4),
         "latencies_ms": np.sort(lat).round(1).tolist(),
+        "capacity": capacity,
+        "detected_fraction": round(
+            sum(c["detected"] for c in detector) / max(1, sum(sum(c.values()) for c in detector)),
+            4,
+        ),
     }
 
 

@@ -84,6 +84,9 @@ def start_role(role: str, config: dict[str, Any], folder: Path, name: str) -> Se
     port = free_port()
     cfg = {**config, "server": {**config.get("server", {}), "port": port},
            "cluster": {**config.get("cluster", {}), "node_id": name}}  # fmt: skip
+    # a worker's measured capacity follows how busy the machine is: off unless configured, so
+    # the cameras a test expects a worker to take do not depend on it (benchmarks.serving too)
+    cfg.setdefault("capacity", {"enabled": False})
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log = (folder / f"{name}.log").open("w")

@@ -73,9 +73,13 @@ class Server:
 @contextlib.contextmanager
 def serve(config: dict[str, Any], tmp: Path, repo: Path = REPO) -> Iterator[Server]:
     """`vigil serve` with ``config`` on a free port, run from the checkout ``repo`` (another
-    checkout lets a benchmark compare two versions side by side)."""
+    checkout lets a benchmark compare two versions side by side). Admission control is off
+    unless ``config`` has a ``capacity`` section: its decisions follow measured CPU time, and a
+    test about something else must not depend on how busy the machine is."""
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
+    if "capacity" not in config and repo == REPO:
+        config["capacity"] = {"enabled": False}
     # the event database goes beside the config, not into the working directory
     events = {"path": str(tmp / f"events-{port}.db"), **config.get("events", {})}
     config["events"] = events

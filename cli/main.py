@@ -37,6 +37,25 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
+def _schedule(args: argparse.Namespace) -> dict[str, Any]:
+    """``detect_every`` and ``motion`` (a checked MotionConfig) from --detect-every/--motion*."""
+    from pipeline.config import MotionConfig, parse_section
+
+    knobs: dict[str, Any] = {"enabled": bool(args.motion)}
+    if args.motion_threshold is not None:
+        knobs["threshold"] = args.motion_threshold
+    if args.motion_min_area is not None:
+        knobs["min_area"] = args.motion_min_area
+    if args.full_detect_s is not None:
+        knobs["full_detect_s"] = args.full_detect_s
+    if args.detect_every < 1 or args.detect_every > 30:
+        from pipeline.types import VigilError
+
+        raise VigilError(f"--detect-every: {args.detect_every} is outside [1, 30]")
+    motion = parse_section(MotionConfig, knobs, "motion.")
+    return {"detect_every": args.detect_every, "motion": motion}
+
+
 def _progress(total: int | None, quiet: bool, desc: str, unit: str = "frame") -> Any:
     from tqdm import tqdm
 
@@ -60,7 +79,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         timeout_s=cfg.source.timeout_s,
         decode=build_decode(cfg.source),
     )
-    replay = Replay(source, cfg, args.out, rules=rules)
+    replay = Replay(source, cfg, args.out, rules=rules, **_schedule(args))
     total = source.info.frame_count
     if args.max_frames and total:
         total = min(total, args.max_frames)
@@ -108,15 +127,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rules = load_rules(args.analytics) if args.analytics else None
     per_seq, replays = replay_sequences(
         cfg, args.sequences, args.out, progress=lambda n, name: _progress(n, args.quiet, name),
-        rules=rules,
+        rules=rules, **_schedule(args),
     )  # fmt: skip
     table = score_sequences(per_seq)
     print(format_table(table))
     if rules is not None:
         _eval_counting(args.sequences, args.out, rules, replays)
+    for name, r in replays.items():
+        c = r["detector_frames"]
+        print(
+            f"{name}: {r['fps']:.1f} fps; detector ran on {c['detected']} of "
+            f"{r['frames_processed']} frames ({c['predicted']} predicted, {c['idle']} idle)"
+        )
     result = {
         "metrics": table,
-        "replay": {s: {"fps": r["fps"], "stages_ms": r["stages_ms"]} for s, r in replays.items()},
+        "replay": {
+            s: {k: r[k] for k in ("fps", "stages_ms", "detector_frames")}
+            for s, r in replays.items()
+        },
         "model": next(iter(replays.values()))["model"],
         "tracker": next(iter(replays.values()))["tracker"],
     }
@@ -266,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tracker", help="deepsort, bytetrack or deepsort-reference")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    def skip_frames(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--detect-every", type=int, default=1, metavar="K",
+            help="run the detector on every K-th frame; the tracker predicts the others",
+        )  # fmt: skip
+        p.add_argument(
+            "--motion", action="store_true",
+            help="motion gating: skip the detector on still frames with no live track",
+        )  # fmt: skip
+        p.add_argument("--motion-threshold", type=float, help="grey levels (sensitivity)")
+        p.add_argument("--motion-min-area", type=float, help="fraction of the frame, 0..1")
+        p.add_argument("--full-detect-s", type=float, help="full detection at least this often")
+
     rp = sub.add_parser("replay", help="replay a video, frame folder or rtsp:// URL")
     rp.add_argument("source", help="video file, folder of frames, or rtsp:// URL")
     common(rp)
@@ -274,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--analytics", type=Path, help="YAML of lines/zones: also write events.jsonl, counts.json"
     )
+    skip_frames(rp)
     rp.set_defaults(func=cmd_replay)
 
     ev = sub.add_parser("eval", help="replay MOTChallenge sequences and score them")
@@ -283,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--analytics", type=Path,
         help="YAML of lines: also compare line counts with those of the ground truth",
     )  # fmt: skip
+    skip_frames(ev)
     ev.set_defaults(func=cmd_eval)
 
     tn = sub.add_parser(

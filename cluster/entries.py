@@ -94,11 +94,12 @@ def tracks_of(data: bytes) -> Tracks:
     the message's precision: boxes 0.1 px, confidence 0.001). Rows ``[id, cls, conf, x1, y1,
     x2, y2]`` become ``xyxy (M, 4) float32`` source pixels, ``track_id (M,) int64``,
     ``class_id (M,) int32``, ``confidence (M,) float32``; ``det_index`` is -1 (not on the
-    wire)."""
+    wire); ``predicted`` as sent."""
     try:
         msg = json.loads(data)
         rows = np.asarray(msg["tracks"], np.float64).reshape(-1, 7)
         stream, frame, pts = str(msg["stream"]), int(msg["frame"]), float(msg["pts"])
+        predicted = bool(msg.get("predicted", False))
     except (ValueError, KeyError, TypeError) as e:
         raise VigilError(f"malformed v1 message: {e!r}") from None
     m = len(rows)
@@ -111,6 +112,7 @@ def tracks_of(data: bytes) -> Tracks:
         stream,
         frame,
         pts,
+        predicted=predicted,
     )
 
 

@@ -52,10 +52,23 @@ REFUSED_RETRY_S = 30.0  # a camera this worker cannot open is left to others for
 HANDOVER_FLUSH_S = 2.0  # a camera handed back first writes what is buffered, this long at most
 
 
-def admission_capacity(cfg: VigilConfig) -> int:
-    """The most cameras one worker admits: the configured maximum (the seam where a measured
-    capacity estimate plugs in)."""
-    return min(cfg.cluster.worker_max_streams, cfg.live.max_streams)
+def admission_capacity(cfg: VigilConfig, pipeline: LivePipeline | None = None) -> int:
+    """The most cameras one worker admits: the configured maximum and, once its pipeline runs
+    with ``capacity.enabled``, no more than the cameras it has plus the measured estimate of
+    how many more streams like them fit (``pipeline.qos``; at least 1, so a worker always
+    takes a camera)."""
+    limit = min(cfg.cluster.worker_max_streams, cfg.live.max_streams)
+    if pipeline is None or not cfg.capacity.enabled:
+        return limit
+    report = pipeline.capacity_report(fps=_typical_fps(pipeline))
+    return max(1, min(limit, int(report["streams"]) + int(report["more_streams"])))
+
+
+def _typical_fps(pipeline: LivePipeline) -> float:
+    """The mean fps of the cameras the worker runs (10 when none): the rate a new one is
+    priced at."""
+    rates = [s.spec.fps for s in pipeline.streams() if s.spec.fps > 0]
+    return sum(rates) / len(rates) if rates else 10.0
 
 
 def next_seq(last: dict[bytes, bytes] | None, fps: float, now: float) -> int:
@@ -301,6 +314,8 @@ class Worker:
                 self._hand_back(cam, "changed")
         if self._stopping.is_set():
             return
+        self.capacity = admission_capacity(self.cfg, self.pipeline)
+        self.metrics.capacity.set(self.capacity)
         peers = self._peers()
         self._claim(desired, peers)
         if self.cfg.cluster.rebalance:

@@ -102,11 +102,14 @@ def replay_sequences(
     engine: Any = None,
     progress: Callable[[int | None, str], Any] | None = None,
     rules: Any = None,
+    detect_every: int = 1,
+    motion: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Replay each sequence (``tracks.txt`` under ``out_root/<name>/``) with ``cfg`` and one
     shared engine; returns TrackEval data per sequence and each replay's summary.
     ``progress(total_frames, name)`` may return a context manager with an ``update`` method;
-    ``rules`` (a StreamConfig's lines and zones) also runs the analytics (``counts.json``)."""
+    ``rules`` (a StreamConfig's lines and zones) also runs the analytics (``counts.json``);
+    ``detect_every`` and ``motion`` (a MotionConfig) schedule the detector as in a live stream."""
     from dataclasses import replace
 
     from pipeline.replay import Replay
@@ -125,7 +128,10 @@ def replay_sequences(
             decode=build_decode(cfg.source),
         )
         out = out_root / seq.name
-        replay = Replay(source, seq_cfg, out, engine=engine, rules=rules)
+        replay = Replay(
+            source, seq_cfg, out, engine=engine, rules=rules, detect_every=detect_every,
+            motion=motion,
+        )  # fmt: skip
         if progress is None:
             replays[seq.name] = replay.run()
         else:

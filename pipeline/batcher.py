@@ -111,6 +111,18 @@ class RateGate:
         self._next = -1.0
         self.skipped = 0
 
+    def set_fps(self, fps: float) -> None:
+        """Change the rate from the next admitted frame on (QoS lowers and restores it)."""
+        period = 1.0 / fps if fps > 0 else 0.0
+        if period != self.period:
+            self.period = period
+            self._next = -1.0
+
+    @property
+    def fps(self) -> float:
+        """The rate admitted now (0: every frame)."""
+        return 1.0 / self.period if self.period > 0 else 0.0
+
     def admit(self, t: float) -> bool:
         if self.period == 0.0:
             return True

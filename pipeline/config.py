@@ -126,6 +126,21 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class CapacityConfig:
+    """Admission control and per-stream QoS (``pipeline.capacity``): the machine's budget is
+    ``cpus`` (0: the cores this process may use) x ``target_load`` of CPU time; measured costs
+    say how much each stream takes of it."""
+
+    enabled: bool = True  # refuse (409) a stream that would overload; degrade by priority
+    cpus: float = bounded(0.0, 0.0, 1024.0)  # CPU cores to budget (0: os.sched_getaffinity)
+    target_load: float = bounded(0.8, 0.05, 1.0)  # fraction of the budget admission may fill
+    calibrate: bool = True  # time the detector at start (batch 1 and live.max_batch)
+    smoothing: float = bounded(0.05, 0.001, 1.0)  # weight of each new measurement (EWMA)
+    floor_fps: float = bounded(1.0, 0.0, 240.0)  # under overload no stream goes below this
+    # (or its own min_fps when higher)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = bounded(8000, 0, 65535)
@@ -199,6 +214,21 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class MotionConfig:
+    """Motion gating of one stream (``pipeline.motion``): on a small grey image of each frame
+    (the camera-health thumbnail), pixels that differ from a running background by more than
+    ``threshold`` grey levels (the sensitivity: lower is more sensitive), dilated, must cover
+    ``min_area`` of the frame for the frame to count as moving. A frame with no motion and no
+    live track skips the detector; a full detection still runs every ``full_detect_s``."""
+
+    enabled: bool = False
+    threshold: float = bounded(20.0, 1.0, 255.0)
+    min_area: float = bounded(0.002, 0.0, 1.0)
+    background_s: float = bounded(2.0, 0.05, 3600.0)
+    full_detect_s: float = bounded(5.0, 0.1, 3600.0)
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """One live stream: the config file's ``streams:`` entries and the REST body alike.
 
@@ -206,7 +236,11 @@ class StreamConfig:
     and folders (a recorded file played as a live camera); ``url`` is an ``rtsp://``,
     ``rtsps://`` (``http(s)://`` if allowed) URL or a path under ``server.media_root``;
     ``tracker`` picks this stream's tracker by name (empty: ``tracker.name``), with that
-    tracker's ``tracker.<section>`` knobs.
+    tracker's ``tracker.<section>`` knobs. Capacity: ``detect_every`` runs the detector on
+    every k-th inferred frame (the tracker predicts the others), ``motion`` skips it on still
+    frames, ``priority`` (higher keeps its fps longer under overload) and ``min_fps`` (above 0:
+    the lowest rate this stream accepts, at admission and under overload) as in
+    ``pipeline.capacity``.
     """
 
     id: str = field(default="", metadata={"pattern": STREAM_ID, "required": True})
@@ -222,6 +256,10 @@ class StreamConfig:
     # A YAML file of lines/zones/health (the replay --analytics format), read when the config
     # file is loaded; its rules come before the inline ones. Config files only, never REST.
     rules_file: str = field(default="", metadata={"rest": False})
+    detect_every: int = bounded(1, 1, 30)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    priority: int = bounded(0, 0, 100)
+    min_fps: float = bounded(0.0, 0.0, 240.0)
 
     def problem(self) -> str | None:
         return duplicate_rule_id(self.lines, self.zones)
@@ -303,6 +341,7 @@ class VigilConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     analytics: AnalyticsParams = field(default_factory=AnalyticsParams)

@@ -3,11 +3,12 @@
 Wire message (JSON, one per frame)::
 
     {"v":1,"stream":"cam1","seq":1234,"frame":1234,"pts":41.13,"ts":1763798400.123,
-     "tracks":[[id,cls,conf,x1,y1,x2,y2],...]}
+     "predicted":false,"tracks":[[id,cls,conf,x1,y1,x2,y2],...]}
 
 ``frame`` is the 0-based source frame index, ``seq`` the per-stream message counter, ``pts``
 seconds from the stream start, ``ts`` the frame's arrival (unix seconds); boxes are source
-pixels with one decimal, confidence three.
+pixels with one decimal, confidence three. ``predicted`` is true when the detector skipped the
+frame (``detect_every``, motion gating): the boxes are the tracker's predictions.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def encode_message(tracks: Tracks, stream: str, seq: int, ts: float) -> bytes:
             "frame": tracks.frame_index,
             "pts": round(tracks.pts, 3),
             "ts": round(ts, 3),
+            "predicted": tracks.predicted,
         },
         separators=(",", ":"),
     )

@@ -29,12 +29,19 @@ from pipeline.config import StreamConfig, VigilConfig
 from pipeline.engine import Engine
 from pipeline.live_source import LiveStream, StreamState
 from pipeline.live_step import Published, StepGuard, StreamRuntime, run_step
+from pipeline.qos import Capacity
+from pipeline.schedule import DetectSchedule
 from pipeline.types import Frame, VigilError
 from pipeline.wiring import build_analytics, build_decode, build_engine, build_tracker
+from trackers.base import can_predict
 
 
 class StreamConflict(VigilError):
     """The stream id is taken, or the pipeline already runs ``live.max_streams`` streams."""
+
+
+class OverCapacity(StreamConflict):
+    """Admission control: the stream would push the machine past its measured capacity."""
 
 
 class LivePipeline:
@@ -68,6 +75,8 @@ class LivePipeline:
             threading.Thread(target=self._watchdog, name="vigil-watchdog", daemon=True),
         ]
         self._started = False
+        self.capacity = Capacity(cfg, self.engine.embedder is not None)
+        self._busy_s = 0.0  # inference-thread seconds spent in steps (the watchdog reads it)
 
     @property
     def ready(self) -> bool:
@@ -76,12 +85,19 @@ class LivePipeline:
 
     # -- streams ------------------------------------------------------------------------
     def add_stream(
-        self, spec: StreamConfig, url: str | None = None, first_seq: int = 0
+        self,
+        spec: StreamConfig,
+        url: str | None = None,
+        first_seq: int = 0,
+        admission: bool = False,
     ) -> LiveStream:
         """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``). Its messages are
         numbered from ``first_seq`` (a camera taken over from another worker continues its
         numbering). The check and the insertion are one step under the lock: of two concurrent
-        adds of one id, exactly one wins and the other gets :class:`StreamConflict`."""
+        adds of one id, exactly one wins and the other gets :class:`StreamConflict`. With
+        ``admission`` (a REST request) a stream that does not fit the measured capacity gets
+        :class:`OverCapacity` with the reason, or starts at a lower fps when its ``min_fps``
+        allows (the returned stream's ``spec.fps`` says which)."""
         names = self.engine.info.class_names
         analytics = build_analytics(self.cfg, spec, names, live=True)
         with self._lock:
@@ -91,6 +107,18 @@ class LivePipeline:
             if len(self._streams) >= s.max_streams:
                 raise StreamConflict(f"at most {s.max_streams} streams (live.max_streams)")
             tracker = build_tracker(self.cfg.tracker, spec.tracker)
+            skips = spec.detect_every > 1 or spec.motion.enabled
+            if skips and not can_predict(tracker):
+                raise VigilError(
+                    f"stream {spec.id}: tracker {spec.tracker or self.cfg.tracker.name} cannot "
+                    "predict frames the detector skips (detect_every, motion): choose deepsort "
+                    "or bytetrack"
+                )
+            if admission:
+                fps, why = self.capacity.admit(spec, list(self._streams.values()))
+                if why:
+                    raise OverCapacity(why)
+                spec = replace(spec, fps=fps)
             if tracker.uses_appearance and self.engine.embedder is None:
                 raise VigilError(
                     f"stream {spec.id}: tracker {spec.tracker or self.cfg.tracker.name} needs "
@@ -108,7 +136,10 @@ class LivePipeline:
                 decode=self.decode,
                 mask_query=self.cfg.server.redact_query,
             )
-            self._streams[spec.id] = StreamRuntime(stream, tracker, analytics, seq=first_seq)
+            schedule = DetectSchedule(spec.detect_every, spec.motion)
+            self._streams[spec.id] = StreamRuntime(
+                stream, tracker, analytics, seq=first_seq, schedule=schedule
+            )
         stream.start()
         return stream
 
@@ -121,6 +152,7 @@ class LivePipeline:
             return False
         st.removed = True  # a batch in flight must not publish for it any more
         st.stream.stop()
+        self.capacity.forget(stream_id)
         return True
 
     def streams(self) -> list[LiveStream]:
@@ -162,8 +194,23 @@ class LivePipeline:
             st = self._streams.get(stream_id)
         return dict(st.rates) if st else {}
 
+    def runtime(self, stream_id: str) -> StreamRuntime | None:
+        """The stream's inference-side state (schedule counters, tracker), or None."""
+        with self._lock:
+            return self._streams.get(stream_id)
+
+    def runtimes(self) -> list[StreamRuntime]:
+        with self._lock:
+            return list(self._streams.values())
+
+    def capacity_report(self, **request: Any) -> dict[str, Any]:
+        """``GET /api/capacity`` (see :meth:`pipeline.qos.Capacity.report`)."""
+        return self.capacity.report(self.runtimes(), **request)
+
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        if self.cfg.capacity.enabled and self.cfg.capacity.calibrate:
+            self.capacity.calibrate(self.engine)
         for t in self._threads:
             t.start()
         self._started = True
@@ -189,6 +236,8 @@ class LivePipeline:
             for st in states:
                 st.stream.check_stall(now)
             if now - last >= 1.0:
+                busy, self._busy_s = self._busy_s, 0.0
+                self.capacity.tick(states, now - last, busy)
                 for st in states:
                     dec, inf = st.stream.frames_decoded, st.stream.frames_inferred
                     st.rates = {
@@ -225,7 +274,14 @@ class LivePipeline:
                 batch = self._collect()
                 if not batch:
                     continue
-                timings = run_step(batch, self.engine, self._publish, self.guard)
+                t0 = time.perf_counter()
+                counts: dict[str, int] = {}
+                timings = run_step(batch, self.engine, self._publish, self.guard, counts)
+                if counts:
+                    self.capacity.model.observe_step(
+                        counts["frames"], counts["detected"], counts["detections"], timings
+                    )
+                self._busy_s += time.perf_counter() - t0
                 if self._observe is not None:
                     for name, ms in timings.items():
                         self._observe(name, ms / len(batch))

@@ -105,6 +105,7 @@ class LiveStream:
         self.decode_errors = 0  # decode errors FFmpeg reported, over every connection
         self.width = 0
         self.height = 0
+        self.codec = ""
         self.started = time.monotonic()
         self.url_public = public_url(spec.url, mask_query)
         self._stall_timeout = stall_timeout_s
@@ -163,6 +164,12 @@ class LiveStream:
         self._kill_source()
         return True
 
+    def decode_cpu(self) -> tuple[int, float]:
+        """(pid, CPU seconds) of the FFmpeg child decoding now; (0, 0.0) when none runs."""
+        with self._source_lock:
+            src = self._source
+        return (0, 0.0) if src is None else src.cpu_seconds()
+
     def _kill_source(self) -> None:
         with self._source_lock:
             src = self._source
@@ -197,6 +204,7 @@ class LiveStream:
     def _decode(self, src: FFmpegSource) -> str:
         """Run one FFmpeg child to its end; returns why it ended ("" if stopped or failed)."""
         self.width, self.height = src.info.width, src.info.height
+        self.codec = src.info.codec
         seen_errors = 0
         for frame in src.frames():
             self._last_progress = time.monotonic()

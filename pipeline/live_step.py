@@ -2,14 +2,18 @@
 
     run_step(batch, engine, publish, guard) -> per-stage milliseconds
 
-``batch`` holds one frame per stream (``StreamRuntime``, ``Frame``). The engine runs once for
-the whole batch; then each stream's tracker, analytics (events), encoders and ``publish`` run
-inside that stream's guard (a failure in the analytics loses that frame's events, not its
-tracks): an exception there becomes a count (``StreamRuntime.errors``), that stream's
-``last_error`` and a log line (at most one per stream per ``ThrottledLog.interval_s``), and the
-other streams of the batch carry on. An engine failure is counted (``StepGuard.engine_failures``)
-and charged to every stream of the batch. Nothing here owns a thread, a socket or a clock
-beyond ``perf_counter``, so tests drive it with a fake engine.
+``batch`` holds one frame per stream (``StreamRuntime``, ``Frame``). Each stream's
+:class:`pipeline.schedule.DetectSchedule` says whether its frame goes through the detector
+(``detect_every``, motion gating on the frame's thumbnail, which camera health then reuses);
+the engine runs once for the frames that do, and a stream whose frame does not gets its
+tracker's prediction (``Tracks.predicted``). Then each stream's tracker, analytics (events),
+encoders and ``publish`` run inside that stream's guard (a failure in the analytics loses that
+frame's events, not its tracks): an exception there becomes a count (``StreamRuntime.errors``),
+that stream's ``last_error`` and a log line (at most one per stream per
+``ThrottledLog.interval_s``), and the other streams of the batch carry on. An engine failure
+is counted (``StepGuard.engine_failures``) and charged to every stream of the batch. Nothing
+here owns a thread, a socket or a clock beyond ``perf_counter``, so tests drive it with a fake
+engine.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from analytics.events import Event, encode_event
+from analytics.health import thumbnail
 from analytics.stream import StreamAnalytics
 from pipeline.encode import encode_message
+from pipeline.schedule import DetectSchedule
 from pipeline.types import Detections, Frame, Tracks
+from trackers.base import Predicting
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,8 @@ class StreamRuntime:
     removed: bool = False  # set when the stream is deleted: a batch in flight skips it
     rates: dict[str, float] = field(default_factory=dict)
     last_counts: tuple[int, int] = (0, 0)
+    schedule: DetectSchedule = field(default_factory=DetectSchedule)  # which frames detect
+    detections: int = 0  # boxes the detector found for this stream so far
 
 
 class ThrottledLog:
@@ -120,20 +129,34 @@ def _fail(st: StreamRuntime, guard: StepGuard, what: str, exc: BaseException) ->
     guard.log(f"stream:{sid}:{what}", f"vigil: stream {sid}: {message}")
 
 
+def _thumb(st: StreamRuntime, frame: Frame) -> np.ndarray | None:
+    """The frame's small grey image when motion gating or camera health will read it (once)."""
+    health = st.analytics is not None and st.analytics.health is not None
+    return thumbnail(frame.image) if st.schedule.gated or health else None
+
+
 def run_step(
     batch: Sequence[tuple[StreamRuntime, Frame]],
     engine: EngineLike,
     publish: Callable[[Published], None],
     guard: StepGuard,
+    counts: dict[str, int] | None = None,
 ) -> dict[str, float]:
-    """Detect for the whole batch, then track, encode and publish per stream, each stream
-    guarded. Returns milliseconds per stage summed over the batch (empty if the engine failed).
-    Streams marked ``removed`` while the batch was in flight are skipped: nothing of theirs is
-    published after their deletion."""
-    frames = [f for _, f in batch]
+    """Detect the frames each stream's schedule picks (one engine call for the batch), then
+    track (``predict_only`` for a frame not detected), encode and publish per stream, each
+    stream guarded. Returns milliseconds per stage summed over the batch (empty if the engine
+    failed); ``counts`` (if given) receives ``frames``, ``detected`` (frames through the
+    detector) and ``detections`` (their boxes). Streams marked ``removed`` while the batch was
+    in flight are skipped: nothing of theirs is published after their deletion."""
+    thumbs = [_thumb(st, f) for st, f in batch]
+    plan = [
+        st.schedule.decide(f.pts, st.schedule.moving(th, f.pts))
+        for (st, f), th in zip(batch, thumbs, strict=True)
+    ]
+    todo = [f for (_, f), p in zip(batch, plan, strict=True) if p]
     timings: dict[str, float] = {}
     try:
-        dets, embeds = engine.process(frames, timings)
+        found, found_emb = engine.process(todo, timings) if todo else ([], [])
     except Exception as e:  # one bad batch must not end the loop for every stream
         guard.engine_failures += 1
         message = f"inference failed: {type(e).__name__}: {e}".splitlines()[0][:300]
@@ -141,16 +164,24 @@ def run_step(
             st.stream.last_error = message
         guard.log("engine", f"vigil: {message} ({len(batch)} streams' frames lost)")
         return {}
+    results = iter(zip(found, found_emb, strict=True))
     track_ms = analytics_ms = encode_ms = 0.0
-    for (st, frame), d, emb in zip(batch, dets, embeds, strict=True):
+    for (st, frame), thumb, detect in zip(batch, thumbs, plan, strict=True):
+        d, emb = next(results) if detect else (None, None)
+        if d is not None:
+            st.schedule.found(len(d))
+            st.detections += len(d)
         if st.removed:
             continue
         stage = "tracker"
         try:
             t0 = time.perf_counter()
-            tracks = st.tracker.update(d, emb, frame.index, frame.pts)
+            if d is None:  # the detector skipped this frame: the motion model reports
+                tracks = cast(Predicting, st.tracker).predict_only(frame.index, frame.pts)
+            else:
+                tracks = st.tracker.update(d, emb, frame.index, frame.pts)
             t1 = time.perf_counter()
-            events = _analyse(st, guard, frame, tracks)
+            events = _analyse(st, guard, frame, tracks, thumb)
             t2 = time.perf_counter()
             stage = "encoder"
             data = encode_message(tracks, frame.stream_id, st.seq, frame.arrival)
@@ -170,11 +201,13 @@ def run_step(
     timings["track"] = track_ms
     timings["analytics"] = analytics_ms
     timings["encode"] = encode_ms
+    if counts is not None:
+        counts.update(frames=len(batch), detected=len(todo), detections=sum(map(len, found)))
     return timings
 
 
 def _analyse(
-    st: StreamRuntime, guard: StepGuard, frame: Frame, tracks: Tracks
+    st: StreamRuntime, guard: StepGuard, frame: Frame, tracks: Tracks, thumb: np.ndarray | None
 ) -> tuple[Event, ...]:
     """The stream's analytics for this frame, guarded on its own: a failure there is counted and
     reported like any stream failure, and the frame's tracks are still published."""
@@ -182,7 +215,7 @@ def _analyse(
         return ()
     try:
         size = (frame.width, frame.height)
-        return tuple(st.analytics.update(tracks, size, frame.arrival, frame.image))
+        return tuple(st.analytics.update(tracks, size, frame.arrival, frame.image, thumb))
     except Exception as e:
         _fail(st, guard, "analytics", e)
         return ()

@@ -18,16 +18,21 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
+
+from analytics.health import thumbnail
 from analytics.stream import StreamAnalytics
-from pipeline.config import StreamConfig, VigilConfig
+from pipeline.config import MotionConfig, StreamConfig, VigilConfig
 from pipeline.engine import Engine
+from pipeline.schedule import DetectSchedule
 from pipeline.sinks import ReplaySinks
 from pipeline.sources import FFmpegSource
 from pipeline.stats import StageStats
-from pipeline.types import Frame, VigilError
+from pipeline.types import Detections, Frame, VigilError
 from pipeline.wiring import build_analytics, build_engine, build_tracker
+from trackers.base import Predicting, can_predict
 
 STAGES = ("decode", "preprocess", "infer", "nms", "embed", "track", "analytics", "encode")
 _END = object()
@@ -58,6 +63,9 @@ class Replay:
 
     With ``rules`` (a stream's lines, zones and health: ``load_rules``) every frame also goes
     through the stream's analytics, and the replay writes ``events.jsonl`` and ``counts.json``.
+    ``detect_every`` and ``motion`` schedule the detector as a live stream's would
+    (:class:`pipeline.schedule.DetectSchedule`): the inference thread decides frame by frame,
+    batches the frames it detects and hands on the others, in order, for the tracker to predict.
     """
 
     def __init__(
@@ -67,11 +75,19 @@ class Replay:
         out_dir: Path,
         engine: Engine | None = None,
         rules: StreamConfig | None = None,
+        detect_every: int = 1,
+        motion: MotionConfig | None = None,
     ) -> None:
         self.source = source
         self.cfg = cfg
         self.engine = engine or build_engine(cfg)
         self.tracker = build_tracker(cfg.tracker)
+        self.schedule = DetectSchedule(detect_every, motion)
+        if not self.schedule.always and not can_predict(self.tracker):
+            raise VigilError(
+                f"tracker {cfg.tracker.name} cannot predict frames the detector skips "
+                "(--detect-every, --motion): choose deepsort or bytetrack"
+            )
         self.analytics: StreamAnalytics | None = None
         self.events = 0
         if rules is not None:
@@ -97,31 +113,58 @@ class Replay:
             _put(self._q_frames, _Failure(e), self._stop)
 
     def _infer(self) -> None:
-        max_batch = self.cfg.batch.max_batch
-        ended = False
+        """Frames in order -> (frame, detections or None, embeddings, thumbnail) in order; the
+        frames the schedule picks go through the engine in batches of up to ``max_batch``."""
         try:
-            while not ended and not self._stop.is_set():
-                frames: list[Frame] = []
-                while len(frames) < max_batch:
-                    item = self._q_frames.get()
-                    if item is _END or isinstance(item, _Failure):
-                        ended = True
-                        if isinstance(item, _Failure):
-                            _put(self._q_results, item, self._stop)
-                            return
-                        break
-                    frames.append(item)
-                if frames:
-                    timings: dict[str, float] = {}
-                    dets, embeds = self.engine.process(frames, timings)
-                    for name, ms in timings.items():
-                        self.stats.add(name, ms / len(frames), len(frames))
-                    for item in zip(frames, dets, embeds, strict=True):
-                        if not _put(self._q_results, item, self._stop):
-                            return
-            _put(self._q_results, _END, self._stop)
+            held: list[tuple[Frame, bool, np.ndarray | None]] = []
+            while not self._stop.is_set():
+                item = self._q_frames.get()
+                if isinstance(item, _Failure):
+                    _put(self._q_results, item, self._stop)
+                    return
+                if item is _END:
+                    break
+                frame: Frame = item
+                sched = self.schedule
+                thumb = None if sched.always and self.analytics is None else thumbnail(frame.image)
+                if sched.always:
+                    held.append((frame, sched.decide(frame.pts, True), thumb))
+                else:
+                    moving = sched.moving(thumb, frame.pts)
+                    # the detection in flight decides this frame: finish it first
+                    waits = sched.needs_last(moving) and any(d for _, d, _ in held)
+                    if waits and not self._flush(held):
+                        return
+                    held.append((frame, sched.decide(frame.pts, moving), thumb))
+                limit = self.cfg.batch.max_batch
+                full = sum(d for _, d, _ in held) >= limit or len(held) >= 4 * limit
+                if full and not self._flush(held):
+                    return
+            if self._flush(held):
+                _put(self._q_results, _END, self._stop)
         except BaseException as e:
             _put(self._q_results, _Failure(e), self._stop)
+
+    def _flush(self, held: list[tuple[Frame, bool, np.ndarray | None]]) -> bool:
+        """Detect the held frames marked for it (one engine call), hand every held frame on in
+        order and empty ``held``; False when stopped."""
+        todo = [f for f, d, _ in held if d]
+        dets: list[Detections] = []
+        embeds: list[np.ndarray | None] = []
+        if todo:
+            timings: dict[str, float] = {}
+            dets, embeds = self.engine.process(todo, timings)
+            for name, ms in timings.items():
+                self.stats.add(name, ms / len(todo), len(todo))
+        found = iter(zip(dets, embeds, strict=True))
+        for frame, detect, thumb in held:
+            d, emb = next(found) if detect else (None, None)
+            if d is not None:
+                self.schedule.found(len(d))
+            if not _put(self._q_results, (frame, d, emb, thumb), self._stop):
+                return False
+        held.clear()
+        return True
 
     def run(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         cpu0 = _children_cpu_s()
@@ -140,13 +183,16 @@ class Replay:
                     break
                 if isinstance(item, _Failure):
                     raise item.exc
-                frame, dets, embeds = item
+                frame, dets, embeds, thumb = item
                 t0 = time.perf_counter()
-                tracks = self.tracker.update(dets, embeds, frame.index, frame.pts)
+                if dets is None:  # the detector skipped this frame: the motion model reports
+                    tracks = cast(Predicting, self.tracker).predict_only(frame.index, frame.pts)
+                else:
+                    tracks = self.tracker.update(dets, embeds, frame.index, frame.pts)
                 t1 = time.perf_counter()
                 if self.analytics is not None:
                     size = (frame.width, frame.height)
-                    events = self.analytics.update(tracks, size, frame.arrival, frame.image)
+                    events = self.analytics.update(tracks, size, frame.arrival, frame.image, thumb)
                     self.events += len(events)
                     self.sinks.write_events(events)
                 t2 = time.perf_counter()
@@ -194,6 +240,9 @@ class Replay:
             "model": {k: v for k, v in asdict(self.engine.info).items() if k != "class_names"},
             "decode": self.source.decode.describe(),
             "tracker": asdict(self.cfg.tracker),
+            "detect_every": self.schedule.every,
+            "motion": self.schedule.motion is not None,
+            "detector_frames": self.schedule.counts(),
             "batch": asdict(self.cfg.batch),
         }
         if self.analytics is not None:

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import math
+import os
 import re
 import subprocess
 import tempfile
@@ -83,6 +84,7 @@ class SourceInfo:
     height: int
     fps: float
     frame_count: int | None
+    codec: str = ""  # the video codec's name when the probe said it ("h264", "mjpeg"...)
 
 
 def _probe(
@@ -231,6 +233,7 @@ class FFmpegSource:
                 int(s["height"]),
                 folder_fps,
                 None if loop else len(files),
+                str(s.get("codec_name") or ""),
             )
             return
         if not path.exists():
@@ -247,6 +250,7 @@ class FFmpegSource:
             int(s["height"]),
             _fps(s),
             int(count) if count.isdigit() else None,
+            str(s.get("codec_name") or ""),
         )
 
     def _open_network(self, spec: str, kind: str, opts: dict[str, str], timeout_s: float) -> None:
@@ -275,7 +279,10 @@ class FFmpegSource:
             net += [a for k, v in opts.items() for a in (f"-{k}", v)]
             s = _probe(self.decode, [*net, spec], redact(spec), timeout_s + 5)
             self._input = [*net, *(["-fflags", "nobuffer"] if kind == "rtsp" else []), "-i", spec]
-        self.info = SourceInfo(kind, redact(spec), int(s["width"]), int(s["height"]), _fps(s), None)
+        self.info = SourceInfo(
+            kind, redact(spec), int(s["width"]), int(s["height"]), _fps(s), None,
+            str(s.get("codec_name") or ""),
+        )  # fmt: skip
 
     def _drain_log(self, stream: object) -> None:
         """FFmpeg's log: count decode errors, remember the last line (the cause if it exits
@@ -335,6 +342,20 @@ class FFmpegSource:
             self.exit_reason = self.last_line or f"FFmpeg exited with status {proc.returncode}"
         if self.frames_decoded == 0 and proc.returncode not in (0, None):
             raise VigilError(f"{self.info.uri}: FFmpeg decoded no frame ({self.exit_reason})")
+
+    def cpu_seconds(self) -> tuple[int, float]:
+        """(pid, user + system CPU seconds) of the running FFmpeg child, from ``/proc``; (0, 0.0)
+        when none runs or the platform has no ``/proc``."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return 0, 0.0
+        try:
+            with open(f"/proc/{proc.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0, 0.0
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        return proc.pid, (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
     def close(self) -> None:
         """End the FFmpeg child (safe from any thread, any number of times)."""

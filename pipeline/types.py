@@ -90,6 +90,9 @@ class Tracks:
     det_index: ``(M,) int32`` row of the frame's ``Detections`` the track matched, or -1;
     confirmed: ``(M,) bool``, False for a track the tracker reports before confirming it
     (analytics count only confirmed tracks); every track is confirmed when not given.
+    predicted: True when the detector did not run on this frame (``detect_every`` or motion
+    gating): every box is the tracker's motion-model prediction (``det_index`` -1, confidence
+    0), and the v1 message says ``"predicted": true``.
     """
 
     xyxy: np.ndarray
@@ -101,6 +104,7 @@ class Tracks:
     frame_index: int = 0
     pts: float = 0.0
     confirmed: np.ndarray = field(default_factory=lambda: np.ones(0, bool))
+    predicted: bool = False
 
     def __post_init__(self) -> None:
         n = self.xyxy.shape[0]

@@ -40,6 +40,7 @@ from server.memory import trim_periodically
 from server.metrics import Metrics
 from server.metrics_events import EventsCollector
 from server.outputs import EventOutputs
+from server.routes_capacity import capacity_router
 from server.routes_events import events_router
 from server.routes_rules import rules_router
 from server.schema import Health, Ready, StreamStatus, rest_model
@@ -352,6 +353,7 @@ def create_app(
     access = Access(read_deps, mutation_deps, read_errors, auth_errors)
     app.include_router(rules_router(pipeline, access))
     app.include_router(events_router(pipeline, rt.event_store, rt.counts, access))
+    app.include_router(capacity_router(pipeline, access))
 
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:

@@ -2,9 +2,10 @@
 pipeline (``vigil serve``: :class:`LocalStreams`) or a cluster's desired state in Redis
 (``vigil gateway``: :class:`cluster.gateway.Gateway`).
 
-Errors a backend raises: :class:`pipeline.live.StreamConflict` (the id is taken, or no room:
-HTTP 409) and :class:`BackendUnavailable` (nothing changed because a dependency is away, e.g.
-Redis: HTTP 503); ``server.errors`` maps both.
+Errors a backend raises: :class:`pipeline.live.StreamConflict` (the id is taken, or no room,
+including :class:`pipeline.live.OverCapacity` from admission control: HTTP 409) and
+:class:`BackendUnavailable` (nothing changed because a dependency is away, e.g. Redis: HTTP
+503); ``server.errors`` maps both.
 """
 
 from __future__ import annotations
@@ -58,6 +59,30 @@ def stream_status(stream: LiveStream, rates: dict[str, float], errors: int = 0) 
         "decode_errors": stream.decode_errors,
         "errors": errors,
         "queue_depth": stream.slot.depth,
+        **capacity_status(stream),
+    }
+
+
+def capacity_status(stream: LiveStream) -> dict[str, Any]:
+    """A stream's capacity fields: the rate its gate admits now (lower than ``target_fps`` while
+    QoS degrades it), its priority, ``detect_every`` and motion gating."""
+    return {
+        "effective_fps": round(stream.gate.fps, 2),
+        "priority": stream.spec.priority,
+        "detect_every": stream.spec.detect_every,
+        "motion": stream.spec.motion.enabled,
+    }
+
+
+def detector_counts(pipeline: LivePipeline, stream_id: str) -> dict[str, int]:
+    """Frames of the stream that went through the detector and that it skipped (``predicted``:
+    ``detect_every``; ``idle``: motion gating)."""
+    st = pipeline.runtime(stream_id)
+    c = st.schedule.counts() if st is not None else {}
+    return {
+        "frames_detected": c.get("detected", 0),
+        "frames_predicted": c.get("predicted", 0),
+        "frames_idle": c.get("idle", 0),
     }
 
 
@@ -76,16 +101,25 @@ class LocalStreams:
     def status(self, stream_id: str) -> dict[str, Any] | None:
         p = self.pipeline
         s = p.get(stream_id)
-        return None if s is None else stream_status(s, p.rates(stream_id), p.errors(stream_id))
+        if s is None:
+            return None
+        return {**stream_status(s, p.rates(stream_id), p.errors(stream_id)),
+                **detector_counts(p, stream_id)}  # fmt: skip
 
     def list(self) -> list[dict[str, Any]]:
         p = self.pipeline
-        return [stream_status(s, p.rates(s.spec.id), p.errors(s.spec.id)) for s in p.streams()]
+        return [
+            {**stream_status(s, p.rates(s.spec.id), p.errors(s.spec.id)),
+             **detector_counts(p, s.spec.id)}
+            for s in p.streams()
+        ]  # fmt: skip
 
     def add(self, spec: StreamConfig, url: str) -> dict[str, Any]:
         # add_stream checks and inserts under one lock: one of two racing adds gets
         # StreamConflict.
-        return stream_status(self.pipeline.add_stream(spec, url), {})
+        # admission: a stream past the measured capacity gets OverCapacity (409) or, when its
+        # min_fps allows, starts at a lower fps
+        return stream_status(self.pipeline.add_stream(spec, url, admission=True), {})
 
     def remove(self, stream_id: str) -> bool:
         return self.pipeline.remove_stream(stream_id)

@@ -297,5 +297,6 @@ def _encode_filtered(msg: Published, classes: frozenset[int]) -> str:
         t.stream_id,
         t.frame_index,
         t.pts,
+        predicted=t.predicted,
     )
     return encode_message(sub, msg.stream, msg.seq, msg.arrival).decode()

@@ -70,6 +70,45 @@ class _StreamCollector(Collector):
         alive = GaugeMetricFamily("vigil_inference_alive", "1 while the inference thread runs")
         alive.add_metric([], 1.0 if p is not None and not p.failure else 0.0)
         yield from (failures, alive)
+        if p is not None:
+            yield from _capacity_families(p)
+
+
+def _capacity_families(p: LivePipeline) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """Capacity and QoS: the estimate (for 640x480 streams at 10 fps), the budget and its use,
+    each stream's effective fps and what its detector did."""
+    report = p.capacity_report()
+    gauges = {
+        "vigil_capacity_more_streams": ("More 640x480 10 fps streams that fit", "more_streams"),
+        "vigil_capacity_budget_ms_per_second": (
+            "Inference-thread ms per second admission may fill", "budget_ms_per_s"),
+        "vigil_capacity_used_ms_per_second": (
+            "Inference-thread ms per second the streams need at their fps", "used_ms_per_s"),
+        "vigil_inference_busy_ratio": (
+            "Share of the last second the inference thread ran", "inference_busy"),
+        "vigil_capacity_degraded": ("1 while QoS lowers streams' fps by priority", "degraded"),
+    }  # fmt: skip
+    for name, (doc, key) in gauges.items():
+        g = GaugeMetricFamily(name, doc)
+        g.add_metric([], float(report[key]))
+        yield g
+    eff = GaugeMetricFamily(
+        "vigil_stream_effective_fps", "The rate the stream is admitted at now", labels=["stream"]
+    )
+    target = GaugeMetricFamily("vigil_stream_target_fps", "The stream's fps", labels=["stream"])
+    det = CounterMetricFamily(
+        "vigil_stream_detector_frames",
+        "Inferred frames by what the detector did: detected, predicted (detect_every), "
+        "idle (motion gating)",
+        labels=["stream", "outcome"],
+    )
+    for st in p.runtimes():
+        sid = st.stream.stream_id
+        eff.add_metric([sid], st.stream.gate.fps)
+        target.add_metric([sid], st.stream.spec.fps)
+        for outcome, n in st.schedule.counts().items():
+            det.add_metric([sid, outcome], n)
+    yield from (eff, target, det)
 
 
 class Metrics:

@@ -124,3 +124,10 @@ class StreamStatus(BaseModel):
     queue_depth: int
     owner: str | None = None  # a gateway's camera: the worker that holds its lease
     token: int | None = None  # and that lease's fencing token
+    effective_fps: float | None = None  # the rate admitted now (below target_fps under QoS)
+    priority: int = 0
+    detect_every: int = 1
+    motion: bool = False
+    frames_detected: int | None = None  # through the detector
+    frames_predicted: int | None = None  # skipped by detect_every: the tracker predicted
+    frames_idle: int | None = None  # skipped by motion gating

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 
@@ -23,7 +24,8 @@ def _tracks() -> Tracks:
 
 def test_wire_message_v1_schema() -> None:
     msg = json.loads(encode_message(_tracks(), "cam1", 1234, 1763798400.1234))
-    assert list(msg) == ["v", "stream", "seq", "frame", "pts", "ts", "tracks"]
+    assert list(msg) == ["v", "stream", "seq", "frame", "pts", "ts", "predicted", "tracks"]
+    assert msg["predicted"] is False
     assert msg["v"] == 1 and msg["stream"] == "cam1" and msg["seq"] == 1234
     assert msg["frame"] == 41 and msg["pts"] == 1.64 and msg["ts"] == 1763798400.123
     assert msg["tracks"] == [
@@ -36,6 +38,12 @@ def test_wire_message_v1_schema() -> None:
 def test_wire_message_empty_and_escaping() -> None:
     msg = json.loads(encode_message(Tracks.empty(frame_index=3), 'cam "x"', 0, 0.0))
     assert msg["tracks"] == [] and msg["stream"] == 'cam "x"' and msg["frame"] == 3
+
+
+def test_wire_message_says_when_the_tracks_are_predictions() -> None:
+    predicted = replace(_tracks(), predicted=True, confidence=np.zeros(2, np.float32))
+    msg = json.loads(encode_message(predicted, "cam1", 5, 0.0))
+    assert msg["predicted"] is True and len(msg["tracks"]) == 2
 
 
 def test_mot_rows() -> None:

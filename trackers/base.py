@@ -29,3 +29,16 @@ class Tracker(Protocol):
     ) -> Tracks: ...
 
     def reset(self) -> None: ...
+
+
+class Predicting(Protocol):
+    """A tracker that can report a frame the detector skipped (``detect_every``, motion gating):
+    ``predict_only`` advances every track one frame on its motion model alone (no track marked
+    missed) and returns the tracks at their predicted boxes, ``Tracks.predicted`` True."""
+
+    def predict_only(self, frame_index: int = 0, pts: float = 0.0) -> Tracks: ...
+
+
+def can_predict(tracker: object) -> bool:
+    """True when ``tracker`` implements :class:`Predicting` (the reference DeepSORT does not)."""
+    return callable(getattr(tracker, "predict_only", None))

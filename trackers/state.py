@@ -199,4 +199,5 @@ def predicted_tracks(tb: TrackTable, slots: np.ndarray, frame_index: int, pts: f
         frame_index=frame_index,
         pts=pts,
         confirmed=tb.state[slots] != TENTATIVE,
+        predicted=True,
     )
