@@ -165,6 +165,20 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The web page at ``/`` (server/static) and what it needs from the server: the preview
+    JPEGs of watched cameras and the short-lived session tokens a browser uses instead of the
+    API key."""
+
+    enabled: bool = True  # serve the page at / (the REST and WebSocket APIs stay either way)
+    preview_fps: float = bounded(5.0, 0.0, 30.0)  # preview frames per watched camera (0: none)
+    preview_width: int = bounded(640, 64, 3840)  # preview JPEG width, px (never upscaled)
+    preview_quality: int = bounded(70, 10, 100)  # JPEG quality
+    token_ttl_s: float = bounded(600.0, 30.0, 86400.0)  # a session token's lifetime
+    max_tokens: int = bounded(4096, 16, 1000000)  # live session tokens kept (oldest dropped)
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     """How ``vigil worker`` and ``vigil gateway`` reach Redis (``vigil serve`` never does)."""
 
@@ -305,6 +319,7 @@ class VigilConfig:
     live: LiveConfig = field(default_factory=LiveConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     analytics: AnalyticsParams = field(default_factory=AnalyticsParams)
     events: EventStoreConfig = field(default_factory=EventStoreConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)

@@ -68,6 +68,9 @@ class LivePipeline:
             threading.Thread(target=self._watchdog, name="vigil-watchdog", daemon=True),
         ]
         self._started = False
+        # Called on the inference thread with every frame a step published (after its
+        # message): the server's preview gate (server/preview.py). Must return at once.
+        self.frame_tap: Callable[[Frame], Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -226,6 +229,11 @@ class LivePipeline:
                 if not batch:
                     continue
                 timings = run_step(batch, self.engine, self._publish, self.guard)
+                tap = self.frame_tap
+                if tap is not None:
+                    for st, frame in batch:
+                        if not st.removed:
+                            tap(frame)
                 if self._observe is not None:
                     for name, ms in timings.items():
                         self._observe(name, ms / len(batch))

@@ -31,6 +31,7 @@ from pipeline.live_step import Published, ThrottledLog
 from pipeline.wiring import build_decode
 from server.auth import ApiKeys, RateLimiter, digest
 from server.backend import LocalStreams, StreamBackend
+from server.dashboard import install as install_dashboard
 from server.errors import Access, responses
 from server.errors import install as install_errors
 from server.event_store import EventStore
@@ -40,9 +41,12 @@ from server.memory import trim_periodically
 from server.metrics import Metrics
 from server.metrics_events import EventsCollector
 from server.outputs import EventOutputs
+from server.preview import PreviewEncoder, PreviewMetrics
 from server.routes_events import events_router
 from server.routes_rules import rules_router
+from server.routes_session import SessionInfo, session_router
 from server.schema import Health, Ready, StreamStatus, rest_model
+from server.tokens import WS_PROTOCOL, SessionTokens, ws_token
 from server.urls import check_stream_url
 from server.ws import session
 
@@ -78,6 +82,10 @@ class Runtime:
         self.stopped = False
         self.model: dict[str, str] = {}
         self.log = ThrottledLog()
+        self.tokens = SessionTokens(cfg.dashboard.token_ttl_s, cfg.dashboard.max_tokens)
+        self.preview: PreviewEncoder | None = None  # a local pipeline's, when previews are on
+        self._previews: dict[str, bytes] = {}  # encoded, not yet on the loop: latest per stream
+        self._previews_lock = threading.Lock()
 
     def handoff(self, msg: Published) -> None:
         """Called from the inference thread (or a gateway's reader): events to the store and
@@ -108,8 +116,25 @@ class Runtime:
             on_lost=self.metrics.ws_lost.inc,
             max_list=self.cfg.live.max_streams,
             counts=self.counts,
+            on_watch=None if self.preview is None else self.preview.set_watched,
         )
         return self.hub
+
+    def _preview_out(self, stream: str, data: bytes) -> None:
+        """From the encoder thread: keep the latest per stream and schedule one drain on the
+        loop (at most one pending), so a stalled loop holds one preview per stream at most."""
+        with self._previews_lock:
+            first = not self._previews
+            self._previews[stream] = data
+        if first and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._deliver_previews)
+
+    def _deliver_previews(self) -> None:
+        with self._previews_lock:
+            ready, self._previews = self._previews, {}
+        for stream, data in ready.items():
+            if self.hub is not None and self.backend is not None and self.backend.has(stream):
+                self.hub.publish_preview(stream, data)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, the reason when not): the backend's failure first, then shutting down."""
@@ -135,10 +160,16 @@ class Runtime:
         print(f"model {m.name} {m.version} ({m.precision}, {m.backend} on {m.device}, {m.file}, "
               f"sha256 {m.sha256[:12]}); preprocess {m.preprocess}; decode {decode.path} "
               f"({decode.reason})", flush=True)  # fmt: skip
+        if cfg.dashboard.preview_fps > 0:
+            metrics = PreviewMetrics(self.metrics.registry)
+            self.preview = PreviewEncoder(cfg.dashboard, self._preview_out, metrics)
+            self.preview.start()
         self.make_hub(engine.info.class_names)
         self.pipeline = LivePipeline(
             cfg, self.handoff, engine, observe_stage=self.metrics.observe_stage
         )
+        if self.preview is not None:
+            self.pipeline.frame_tap = self.preview.offer
         outputs = EventOutputs(cfg, lambda: self.counts(None), self.pipeline.guard.log)
         await self.loop.run_in_executor(None, outputs.start)
         self.outputs = outputs
@@ -169,6 +200,8 @@ class Runtime:
         if self.backend is not None:
             drain = self.cfg.server.drain_timeout_s
             await asyncio.get_running_loop().run_in_executor(None, self.backend.stop, drain)
+        if self.preview is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.preview.stop)
         if self.outputs is not None:  # flush the event store and sinks within the drain time
             drain = self.cfg.server.drain_timeout_s
             await asyncio.get_running_loop().run_in_executor(None, self.outputs.close, drain)
@@ -234,6 +267,9 @@ def create_app(
         key = _presented_key(request.headers)
         if key is None:
             raise HTTPException(401, "an API key is required (X-API-Key header)")
+        owner = rt.tokens.owner(key)  # a session token (the dashboard's) stands for its key
+        if owner is not None:
+            return owner
         if not rt.keys.check(key):
             raise HTTPException(403, "the API key is not valid")
         return digest(key)
@@ -349,23 +385,39 @@ def create_app(
             rt.outputs.forget_stream(stream_id)
         return Response(status_code=204)
 
+    def session_info() -> SessionInfo:
+        previews = backend_factory is None and cfg.dashboard.preview_fps > 0
+        return SessionInfo(
+            auth=rt.keys.enabled, protect_reads=cfg.auth.protect_reads, previews=previews
+        )
+
+    presented = lambda r: _presented_key(r.headers)  # noqa: E731
+    app.include_router(
+        session_router(rt.tokens, session_info, authorize, rt.limiter.allow, presented, security)
+    )
     access = Access(read_deps, mutation_deps, read_errors, auth_errors)
     app.include_router(rules_router(pipeline, access))
     app.include_router(events_router(pipeline, rt.event_store, rt.counts, access))
 
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:
+        # A browser offers "vigil.v1" and "vigil.token.<session token>" as subprotocols: the
+        # token never appears in a URL or a log. (?token=<key> and the headers still work.)
+        token, offered = ws_token(socket.headers.get("sec-websocket-protocol"))
         if rt.keys.enabled:
-            key = _presented_key(socket.headers, socket.query_params)
-            if key is None or not rt.keys.check(key):
+            key = token or _presented_key(socket.headers, socket.query_params)
+            if key is None or not (rt.tokens.owner(key) is not None or rt.keys.check(key)):
                 await socket.close(code=1008)  # before accept: the handshake gets HTTP 403
                 return
         hub = rt.hub
         if hub is None or rt.stopped:
             await socket.close(code=1013)
             return
-        await session(socket, hub, cfg.server, rt.metrics.ws_refused, rt.log, lambda: rt.stopped)
+        await session(socket, hub, cfg.server, rt.metrics.ws_refused, rt.log, lambda: rt.stopped,
+                      subprotocol=WS_PROTOCOL if offered else None)  # fmt: skip
 
+    if cfg.dashboard.enabled:
+        install_dashboard(app)
     return app
 
 
