@@ -387,9 +387,9 @@ def create_app(
 
     def session_info() -> SessionInfo:
         previews = backend_factory is None and cfg.dashboard.preview_fps > 0
-        return SessionInfo(
-            auth=rt.keys.enabled, protect_reads=cfg.auth.protect_reads, previews=previews
-        )
+        classes = [] if rt.hub is None else rt.hub.class_names
+        return SessionInfo(auth=rt.keys.enabled, protect_reads=cfg.auth.protect_reads,
+                           previews=previews, classes=classes)  # fmt: skip
 
     presented = lambda r: _presented_key(r.headers)  # noqa: E731
     app.include_router(

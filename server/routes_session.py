@@ -24,6 +24,7 @@ class SessionInfo(BaseModel):
     auth: bool
     protect_reads: bool
     previews: bool
+    classes: list[str]  # the model's class names, by class id (track messages carry ids)
 
 
 class SessionToken(BaseModel):
