@@ -71,10 +71,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(config: dict[str, Any], tmp: Path, repo: Path = REPO) -> Iterator[Server]:
-    """`vigil serve` with ``config`` on a free port, run from the checkout ``repo`` (another
-    checkout lets a benchmark compare two versions side by side)."""
-    port = free_port()
+def serve(
+    config: dict[str, Any], tmp: Path, repo: Path = REPO, port: int | None = None
+) -> Iterator[Server]:
+    """`vigil serve` with ``config`` on a free port (or ``port``: a restart on the same one), run
+    from the checkout ``repo`` (another checkout lets a benchmark compare two versions side by
+    side)."""
+    port = free_port() if port is None else port
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     # the event database goes beside the config, not into the working directory
     events = {"path": str(tmp / f"events-{port}.db"), **config.get("events", {})}

@@ -175,7 +175,9 @@ class DashboardConfig:
     preview_width: int = bounded(640, 64, 3840)  # preview JPEG width, px (never upscaled)
     preview_quality: int = bounded(70, 10, 100)  # JPEG quality
     token_ttl_s: float = bounded(600.0, 30.0, 86400.0)  # a session token's lifetime
-    max_tokens: int = bounded(4096, 16, 1000000)  # live session tokens kept (oldest dropped)
+    # A file whose first line (>= 32 characters) signs session tokens: they then survive a
+    # restart and work on every gateway sharing it. Empty: a random secret per process.
+    token_secret_file: str = ""
 
 
 @dataclass(frozen=True)

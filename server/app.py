@@ -46,7 +46,7 @@ from server.routes_events import events_router
 from server.routes_rules import rules_router
 from server.routes_session import SessionInfo, session_router
 from server.schema import Health, Ready, StreamStatus, rest_model
-from server.tokens import WS_PROTOCOL, SessionTokens, ws_token
+from server.tokens import WS_PROTOCOL, SessionTokens, load_secret, ws_token
 from server.urls import check_stream_url
 from server.ws import session
 
@@ -82,7 +82,9 @@ class Runtime:
         self.stopped = False
         self.model: dict[str, str] = {}
         self.log = ThrottledLog()
-        self.tokens = SessionTokens(cfg.dashboard.token_ttl_s, cfg.dashboard.max_tokens)
+        self.tokens = SessionTokens(
+            load_secret(cfg.dashboard), cfg.dashboard.token_ttl_s, self.keys.digests
+        )
         self.preview: PreviewEncoder | None = None  # a local pipeline's, when previews are on
         self._previews: dict[str, bytes] = {}  # encoded, not yet on the loop: latest per stream
         self._previews_lock = threading.Lock()

@@ -56,6 +56,10 @@ class ApiKeys:
         self._digests = [d for d in (_parse_entry(e) for e in entries) if d is not None]
         self.enabled = bool(self._digests)
 
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        return tuple(self._digests)
+
     def check(self, key: str | None) -> bool:
         """Constant-time membership test (every stored digest is compared)."""
         if key is None:

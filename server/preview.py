@@ -160,9 +160,12 @@ class PreviewEncoder:
             return False
         now = frame.arrival or time.time()
         # 10% early is due: a 10 fps camera previewed at 5 fps gives every second frame
-        if now < self._due.get(sid, 0.0) - 0.1 * self.interval:
+        due = self._due.get(sid)
+        if due is not None and now < due - 0.1 * self.interval:
             return False
-        self._due[sid] = max(self._due.get(sid, 0.0) + self.interval, now)
+        # keep the cadence, unless more than an interval behind it (a pause, a slow stream)
+        base = now if due is None or now - due > self.interval else due
+        self._due[sid] = base + self.interval
         if len(self._due) > 4 * max(1, len(self._watched)) + 64:  # streams removed meanwhile
             self._due = {s: t for s, t in self._due.items() if s in self._watched}
         with self._cond:
