@@ -44,14 +44,16 @@ export class Api {
     this._keep(body);
   }
 
+  // "ok", "refused" (the token is no longer accepted: signed out) or "unreachable".
   async renew() {
-    if (!this.token) return false;
+    if (!this.token) return "refused";
     try {
       this._keep(await this.request("POST", "/api/session"));
-      return true;
+      return "ok";
     } catch (e) {
-      if (e.status === 401 || e.status === 403) this.signOut(false);
-      return false;
+      if (e.status === 401 || e.status === 403) return "refused"; // request() signed out
+      this._renewTimer = setTimeout(() => this.renew(), 5000);
+      return "unreachable";
     }
   }
 

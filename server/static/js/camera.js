@@ -29,7 +29,7 @@ export class CameraView {
       onclick: () => this.startDraw("line") });
     this.zoneBtn = el("button", { type: "button", id: "draw-zone", text: "Draw zone",
       onclick: () => this.startDraw("zone") });
-    this.hint = el("span", { class: "empty" });
+    this.hint = el("p", { class: "empty hint" });
     this.delay = el("span", { class: "delay", id: "delay" });
     this.form = this.ruleForm();
     this.health = el("table", { id: "health" });
@@ -39,8 +39,8 @@ export class CameraView {
     root.append(el("div", { class: "view" },
       el("div", { class: "stage" },
         el("div", { class: "toolbar" }, el("a", { href: "#/", text: "← all cameras" }),
-          el("strong", { text: id }), this.lineBtn, this.zoneBtn, this.hint, this.delay),
-        this.canvas, this.form),
+          el("strong", { text: id }), this.lineBtn, this.zoneBtn, this.delay),
+        this.canvas, this.hint, this.form),
       el("div", { class: "side" },
         el("section", {}, el("h3", { text: "Health" }), this.health),
         el("section", {}, el("h3", { text: "Counts" }), this.counts),

@@ -179,7 +179,7 @@ export class Live {
       this._setState("reconnecting");
       if (!this._opened && this.api.info?.auth) {
         // The handshake was refused: the token may have ended (or the server restarted).
-        this.api.renew().then((ok) => (ok ? this._retry() : this.onAuthFailed()));
+        this.api.renew().then((r) => (r === "refused" ? this.onAuthFailed() : this._retry()));
         return;
       }
       if (ev.code === 1008 || ev.code === 1013) this.onError(ev.reason || `closed (${ev.code})`);
