@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel
 
@@ -41,7 +41,7 @@ from server.memory import trim_periodically
 from server.metrics import Metrics
 from server.metrics_events import EventsCollector
 from server.outputs import EventOutputs
-from server.preview import PreviewEncoder, PreviewMetrics
+from server.preview import MJPEG_BOUNDARY, PreviewEncoder, PreviewMetrics, mjpeg_parts
 from server.routes_events import events_router
 from server.routes_rules import rules_router
 from server.routes_session import SessionInfo, session_router
@@ -397,6 +397,20 @@ def create_app(
     app.include_router(
         session_router(rt.tokens, session_info, authorize, rt.limiter.allow, presented, security)
     )
+
+    # Not in the OpenAPI description: an endless multipart response (README "Dashboard").
+    @app.get("/api/streams/{stream_id}/preview.mjpeg", dependencies=read_deps,
+             include_in_schema=False)  # fmt: skip
+    async def preview_mjpeg(stream_id: str) -> StreamingResponse:
+        if not backend().has(stream_id):
+            raise HTTPException(404, f"no stream {_quoted(stream_id)}")
+        if rt.preview is None or rt.hub is None:
+            raise HTTPException(503, "previews are not available here (dashboard.preview_fps)")
+        if len(rt.hub.clients) >= cfg.server.ws_max_clients:
+            raise HTTPException(503, f"too many clients ({cfg.server.ws_max_clients})")
+        media = f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}"
+        return StreamingResponse(mjpeg_parts(rt.hub, stream_id), media_type=media)
+
     access = Access(read_deps, mutation_deps, read_errors, auth_errors)
     app.include_router(rules_router(pipeline, access))
     app.include_router(events_router(pipeline, rt.event_store, rt.counts, access))

@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import cv2
@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.config import DashboardConfig
 from pipeline.types import Frame
+from server.hub import Hub
 
 HEADER = struct.Struct(">I")
 ENCODE_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
@@ -206,3 +207,39 @@ class PreviewEncoder:
             self._metrics.encoded.inc()
             self._metrics.cpu.observe(spent)
         return data
+
+
+MJPEG_BOUNDARY = "vigil-preview"
+
+
+async def mjpeg_parts(hub: Hub, stream: str) -> AsyncIterator[bytes]:
+    """``multipart/x-mixed-replace`` parts of one camera's previews for as long as the HTTP
+    client reads: it joins the hub as a client that watches ``stream`` and takes no messages
+    (so it counts against ``server.ws_max_clients`` and keeps the camera watched), and like
+    every viewer it gets the newest preview only, skipping what it was too slow for."""
+    client = hub.connect(_ignore, None, _ignore)
+    client.tracks, client.kinds = False, frozenset()  # previews only
+    hub.handle(client, json.dumps({"op": "preview", "streams": [stream]}))
+    try:
+        while client in hub.clients:
+            await client.wake.wait()
+            client.wake.clear()
+            client.queue.clear()  # the op's reply: nothing text-shaped goes to this client
+            data = client.preview_slot.pop(stream, None)
+            if data is None:
+                continue
+            _, jpeg = unpack(data)
+            yield (
+                (
+                    f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                    f"Content-Length: {len(jpeg)}\r\n\r\n"
+                ).encode()
+                + jpeg
+                + b"\r\n"
+            )
+    finally:
+        hub.disconnect(client)
+
+
+async def _ignore(_: object) -> None:
+    return None

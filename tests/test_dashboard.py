@@ -261,3 +261,28 @@ def test_the_page_reconnects_by_itself_after_a_server_restart(
         assert not page.locator("#login").is_visible()
     finally:
         page.context.close()
+
+
+def _watched(srv: Server) -> float:
+    _, text = srv.request("GET", "/metrics")
+    line = next(x for x in text.splitlines() if x.startswith("vigil_preview_watched_streams "))
+    return float(line.split()[1])
+
+
+def test_the_mjpeg_endpoint_and_no_watcher_left_behind(running: Running) -> None:
+    srv = running.srv
+    assert srv.request("GET", "/api/streams/nothing/preview.mjpeg")[0] == 404
+    wait_until(lambda: _watched(srv) == 0, 30, "no camera watched before")
+    with urllib.request.urlopen(srv.base + "/api/streams/people/preview.mjpeg", timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace; boundary=")
+        for _ in range(2):
+            assert r.readline() == b"--vigil-preview\r\n"
+            assert r.readline() == b"Content-Type: image/jpeg\r\n"
+            size = int(r.readline().split(b":")[1])
+            assert r.readline() == b"\r\n"
+            jpeg = r.read(size)
+            assert r.readline() == b"\r\n"
+            img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert img is not None and img.shape[1] == 640
+        assert _watched(srv) == 1
+    wait_until(lambda: _watched(srv) == 0, 30, "the camera unwatched once the reader left")
