@@ -79,7 +79,7 @@ def _phase(srv: Server, seconds: float, viewer: bool) -> dict[str, float]:
     t = threading.Thread(target=_watch, args=(srv, stop, got), daemon=True) if viewer else None
     if t is not None:
         t.start()
-        time.sleep(1.0)  # the subscription is in place before the phase starts
+    time.sleep(1.5)  # the subscription in place, or the last phase's viewer gone, first
     a = _sample(srv)
     time.sleep(seconds)
     b = _sample(srv)
@@ -123,7 +123,9 @@ def encode_by_size(width: int = 640, quality: int = 70, n: int = 50) -> dict[str
         frames.append(img)
     cap.release()
     out = {}
-    for name, size in (("432p", None), ("720p", (1280, 720)), ("1080p", (1920, 1080))):
+    sizes = (("432p", None), ("720p", (1280, 720)), ("1080p", (1920, 1080)),
+             ("2160p", (3840, 2160)))  # fmt: skip
+    for name, size in sizes:
         imgs = [f if size is None else cv2.resize(f, size) for f in frames]
         cv2.setNumThreads(1)
         encode_jpeg(imgs[0], width, quality)  # warm-up: the first call initializes the codec
@@ -141,12 +143,16 @@ def page_delay(srv: Server, seconds: float, shots: Path | None) -> dict[str, Any
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = b.new_page(viewport={"width": 1280, "height": 800})
+        page = b.new_page(viewport={"width": 1280, "height": 860})
         page.goto(srv.base + "/#/camera/sample")
         time.sleep(seconds)
         stats = page.evaluate("window.vigil.stats()")["sample"]
         if shots is not None:
             shots.mkdir(parents=True, exist_ok=True)
+            boxes = "() => (window.vigil.drawn().sample?.boxes || []).length"
+            deadline = time.monotonic() + 60  # a moment with someone in the picture
+            while page.evaluate(boxes) == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
             page.screenshot(path=str(shots / "dashboard-camera.png"))
             for sid, fps in (("lobby", 5), ("hallway", 8)):
                 body = {"id": sid, "url": str(CLIP), "fps": fps}

@@ -4,7 +4,7 @@
         check; a watched stream's frame that is due (``dashboard.preview_fps``) is put in that
         stream's one-frame slot (a newer frame replaces one not yet encoded)
     encoder thread ("vigil-preview"): takes slots oldest first, resizes to
-        ``dashboard.preview_width`` (INTER_AREA, never upscaled) and JPEG-encodes with OpenCV
+        ``dashboard.preview_width`` (``downscale``, never upscaled) and JPEG-encodes with OpenCV
         (both release the GIL), once per camera per preview frame, then ``deliver(stream, data)``
     event loop: the hub puts ``data`` into each watching client's latest-only preview slot
 
@@ -46,13 +46,31 @@ HEADER = struct.Struct(">I")
 ENCODE_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
 
 
+def downscale(image: np.ndarray, width: int) -> np.ndarray:
+    """``image`` ``(H, W, 3) uint8`` resized to ``width`` keeping the aspect, never upscaled.
+
+    Area averaging where it matters, and fast: halved with OpenCV's 2x area path while at least
+    twice as wide as ``width`` (an odd last row or column is dropped before each halving, so
+    boxes scaled by ``width / W`` are off by under ``2**halvings / W``: a pixel of a 4K frame),
+    then bilinear for the factor under 2 that remains (no aliasing to speak of there). An area
+    resize at a fractional factor costs 4 to 5 times as much (768 -> 640 px: 2.0 ms against
+    0.4 ms on one core)."""
+    h, w = image.shape[:2]
+    if w <= width:
+        return image
+    out_h = max(1, round(h * width / w))
+    while image.shape[1] >= 2 * width and image.shape[0] >= 4:
+        h2, w2 = image.shape[0] // 2, image.shape[1] // 2
+        image = cv2.resize(image[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+    if image.shape[1] != width or image.shape[0] != out_h:
+        image = cv2.resize(image, (width, out_h), interpolation=cv2.INTER_LINEAR)
+    return image
+
+
 def encode_jpeg(image: np.ndarray, width: int, quality: int) -> tuple[bytes, int, int]:
     """``image`` ``(H, W, 3) uint8`` BGR -> (JPEG bytes, width, height), resized to ``width``
-    keeping the aspect (never upscaled)."""
-    h, w = image.shape[:2]
-    if w > width:
-        size = (width, max(1, round(h * width / w)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    keeping the aspect (never upscaled; :func:`downscale`)."""
+    image = downscale(image, width)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")

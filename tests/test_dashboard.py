@@ -155,6 +155,34 @@ def test_live_previews_show_the_boxes_of_their_own_frame(running: Running, brows
         collector.join(5)
 
 
+# The page's per-camera state fed 20,000 track messages (each with a new track id) and 5,000
+# events in Chromium: everything it keeps stays at its cap.
+CAPS = """async () => {
+  const { CameraState } = await import('/ui/js/live.js');
+  const c = new CameraState('x');
+  for (let f = 0; f < 20000; f++) {
+    c.addTracks({ v: 1, stream: 'x', seq: f, frame: f, ts: f,
+      tracks: [[f, 0, 0.9, 1, 2, 30, 40], [f + 1e6, 0, 0.8, 5, 6, 50, 60]] });
+    c.recordDelay(0.05);
+  }
+  for (let i = 0; i < 5000; i++) c.addEvent({ kind: 'line_cross', ts: i });
+  const points = Math.max(...[...c.trails.values()].map((t) => t.points.length));
+  return { ring: c.ring.size, trails: c.trails.size, points, events: c.events.length,
+    delays: c.delays.length, count: c.delayCount };
+}"""
+
+
+def test_the_page_state_is_capped_over_thousands_of_frames(running: Running, browser: Any) -> None:
+    page = browser.new_context().new_page()
+    try:
+        page.goto(running.srv.base + "/")
+        caps = page.evaluate(CAPS)
+        assert caps["ring"] == 64 and caps["trails"] <= 256 and caps["points"] <= 24
+        assert caps["events"] == 200 and caps["delays"] == 512 and caps["count"] == 20000
+    finally:
+        page.context.close()
+
+
 def test_a_wrong_key_shows_an_error(running: Running, browser: Any) -> None:
     page = browser.new_context().new_page()
     try:

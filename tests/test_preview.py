@@ -15,7 +15,7 @@ import pytest
 from pipeline.config import DashboardConfig
 from pipeline.types import Frame
 from server.hub import Hub
-from server.preview import PreviewEncoder, encode_jpeg, pack, unpack
+from server.preview import PreviewEncoder, downscale, encode_jpeg, pack, unpack
 from tests.factories import wait_until
 
 IMAGE = np.zeros((432, 768, 3), np.uint8)
@@ -175,3 +175,18 @@ def test_a_hub_without_previews_says_so() -> None:
     assert "not available" in client.queue[0][0]
     assert hub.handle(client, json.dumps({"op": "clock"}))
     assert json.loads(client.queue[1][0])["ts"] > 1e9
+
+
+@pytest.mark.parametrize("size", [(768, 432), (1920, 1080), (1283, 721), (2000, 300), (641, 360)])
+def test_downscale_keeps_the_picture_where_it_was(size: tuple[int, int]) -> None:
+    w, h = size
+    img = np.zeros((h, w, 3), np.uint8)
+    x0, y0, x1, y1 = w // 4, h // 3, w // 2, 2 * h // 3  # a white box
+    img[y0:y1, x0:x1] = 255
+    out = downscale(img, 640)
+    assert out.shape == (round(h * 640 / w), 640, 3)
+    s = 640 / w
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    assert abs(xs.min() - x0 * s) <= 1.5 and abs(xs.max() + 1 - x1 * s) <= 1.5
+    assert abs(ys.min() - y0 * s) <= 1.5 and abs(ys.max() + 1 - y1 * s) <= 1.5
+    assert downscale(img[:, :600], 640).shape[1] == 600  # never upscaled

@@ -48,7 +48,7 @@ export class CameraView {
         el("section", {}, el("h3", { text: "Events" }), this.eventsList))));
     this.app.live.watch([id]);
     this.app.live.onEvent = (e) => {
-      if (e.stream === this.id) this.addEvents([e], true);
+      if (e.stream === this.id) this.addEvents([e]);
     };
     this.loadRules();
     this.loadEvents();
@@ -176,13 +176,13 @@ export class CameraView {
     try {
       const page = await this.app.api.request("GET",
         `/api/events?stream=${encodeURIComponent(this.id)}&order=desc&limit=${EVENT_ROWS}`);
-      this.addEvents(page.events.slice().reverse(), true);
+      this.addEvents(page.events.slice().reverse());
     } catch (e) {
       this.eventsList.replaceChildren(el("li", { class: "empty", text: e.message }));
     }
   }
 
-  addEvents(events, live) {
+  addEvents(events) {
     for (const e of events) {
       const key = `${e.kind}|${e.rule}|${e.track}|${e.frame}|${e.ts}`;
       if (this.seen.has(key)) continue;
@@ -197,7 +197,6 @@ export class CameraView {
       this.seen.delete(`${old.kind}|${old.rule}|${old.track}|${old.frame}|${old.ts}`);
       this.eventsList.lastElementChild?.remove();
     }
-    void live;
   }
 
   // -- health -----------------------------------------------------------------------------

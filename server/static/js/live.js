@@ -91,6 +91,7 @@ export class Live {
     this.cameras = new Map();
     this.lastSeq = {};
     this.watched = new Set();
+    this.previews = true; // the server sends previews (GET /api/session)
     this.state = "connecting";
     this.clockOffset = 0; // server unix time minus Date.now()/1000
     this._bestRtt = Infinity;
@@ -126,6 +127,7 @@ export class Live {
   }
 
   watch(ids) {
+    if (!this.previews) return; // a gateway: boxes on a blank frame
     this.watched = new Set(ids);
     this._send({ op: "preview", streams: [...this.watched] });
   }

@@ -36,6 +36,7 @@ class App {
     this.banner("");
     this.classes = info.classes;
     this.previews = info.previews;
+    this.live.previews = info.previews;
     this.api.onSignedOut = () => this.askKey("Your session ended: enter the API key again.");
     this.live.onAuthFailed = () => this.askKey("The server no longer accepts this session " +
       "(it restarted, or the token ended): enter the API key again.");
