@@ -98,7 +98,9 @@ function drawRules(ctx, rules, W, H, counts) {
     ctx.lineTo(...b);
     ctx.stroke();
     arrow(ctx, a, b);
-    label(ctx, `${l.id}${lineCount(counts, l.id)}`, (a[0] + b[0]) / 2 + 6, (a[1] + b[1]) / 2, "#00e5ff");
+    // the label three quarters of the way to p2, clear of the arrow at the middle
+    label(ctx, `${l.id}${lineCount(counts, l.id)}`, a[0] + (b[0] - a[0]) * 0.75 + 6,
+      a[1] + (b[1] - a[1]) * 0.75, "#00e5ff");
   }
 }
 
@@ -111,13 +113,22 @@ function arrow(ctx, a, b) {
   const len = Math.hypot(dx, dy) || 1;
   const nx = -dy / len; // side +1 is where (p2-p1) x (a-p1) > 0: the normal (-dy, dx)
   const ny = dx / len;
+  const ux = dx / len;
+  const uy = dy / len;
+  ctx.save();
+  ctx.lineWidth = 3;
   ctx.beginPath();
-  ctx.moveTo(mx - nx * 14, my - ny * 14);
-  ctx.lineTo(mx + nx * 14, my + ny * 14);
-  ctx.lineTo(mx + nx * 8 + (dx / len) * 5, my + ny * 8 + (dy / len) * 5);
-  ctx.moveTo(mx + nx * 14, my + ny * 14);
-  ctx.lineTo(mx + nx * 8 - (dx / len) * 5, my + ny * 8 - (dy / len) * 5);
+  ctx.moveTo(mx - nx * 6, my - ny * 6);
+  ctx.lineTo(mx + nx * 26, my + ny * 26);
+  ctx.moveTo(mx + nx * 26, my + ny * 26);
+  ctx.lineTo(mx + nx * 16 + ux * 8, my + ny * 16 + uy * 8);
+  ctx.moveTo(mx + nx * 26, my + ny * 26);
+  ctx.lineTo(mx + nx * 16 - ux * 8, my + ny * 16 - uy * 8);
   ctx.stroke();
+  ctx.fillStyle = "#00e5ff";
+  ctx.font = "bold 11px system-ui, sans-serif";
+  ctx.fillText("in", mx + nx * 34 - 6, my + ny * 34);
+  ctx.restore();
 }
 
 function label(ctx, text, x, y, color) {
