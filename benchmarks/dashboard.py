@@ -113,7 +113,16 @@ def preview_cpu(srv: Server, seconds: float, rounds: int) -> dict[str, Any]:
     }
 
 
-def encode_by_size(width: int = 640, quality: int = 70, n: int = 50) -> dict[str, float]:
+def _one_step_area(image: np.ndarray, width: int, quality: int) -> bytes:
+    """The first version's encoder: one area resize at whatever factor, then JPEG."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (width, round(h * width / w)), interpolation=cv2.INTER_AREA)
+    return bytes(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])[1])
+
+
+def encode_by_size(width: int = 640, quality: int = 70, n: int = 50) -> dict[str, Any]:
+    """ms per preview on one thread, by source size: ``encode_jpeg`` (``downscale``) and the
+    one-step area resize, frame by frame interleaved."""
     cap = cv2.VideoCapture(str(CLIP))
     frames: list[np.ndarray] = []
     while len(frames) < n:
@@ -122,17 +131,23 @@ def encode_by_size(width: int = 640, quality: int = 70, n: int = 50) -> dict[str
             break
         frames.append(img)
     cap.release()
-    out = {}
+    out: dict[str, Any] = {}
     sizes = (("432p", None), ("720p", (1280, 720)), ("1080p", (1920, 1080)),
              ("2160p", (3840, 2160)))  # fmt: skip
+    cv2.setNumThreads(1)
     for name, size in sizes:
-        imgs = [f if size is None else cv2.resize(f, size) for f in frames]
-        cv2.setNumThreads(1)
+        imgs = [f if size is None else np.ascontiguousarray(cv2.resize(f, size)) for f in frames]
         encode_jpeg(imgs[0], width, quality)  # warm-up: the first call initializes the codec
-        t0 = time.thread_time()
+        _one_step_area(imgs[0], width, quality)
+        spent = {"downscale": 0.0, "one_step_area": 0.0}
         for img in imgs:
-            encode_jpeg(np.ascontiguousarray(img), width, quality)
-        out[name] = 1e3 * (time.thread_time() - t0) / len(imgs)
+            t0 = time.thread_time()
+            encode_jpeg(img, width, quality)
+            t1 = time.thread_time()
+            _one_step_area(img, width, quality)
+            spent["downscale"] += t1 - t0
+            spent["one_step_area"] += time.thread_time() - t1
+        out[name] = {k: 1e3 * v / len(imgs) for k, v in spent.items()}
     return out
 
 
@@ -171,7 +186,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--page-seconds", type=float, default=30.0)
     ap.add_argument("--out", type=Path, default=Path("runs/dashboard-bench.json"))
     ap.add_argument("--screenshots", type=Path, default=None, help="write the README's PNGs here")
+    ap.add_argument("--encode-only", action="store_true", help="only the encode table")
     args = ap.parse_args(argv)
+    if args.encode_only:
+        for k, v in encode_by_size().items():
+            print(f"| {k} -> 640 px | {v['downscale']:.2f} | {v['one_step_area']:.2f} |")
+        return
     cfg = {
         "tracker": {"embedder": "histogram"},
         "streams": [{"id": "sample", "url": str(CLIP), "fps": 10, "loop": True,
@@ -201,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| previews encoded with no viewer | {pv['no_viewer_previews']:.0f} "
           f"(encoder CPU {pv['no_viewer_encode_cpu_s']:.3f} s) |")  # fmt: skip
     for k, v in enc.items():
-        print(f"| encode_jpeg {k} -> 640 px, ms (one thread) | {v:.2f} |")
+        print(f"| encode {k} -> 640 px, ms on one thread: downscale / one-step area | "
+              f"{v['downscale']:.2f} / {v['one_step_area']:.2f} |")  # fmt: skip
     if "page" in result:
         pg = result["page"]
         print(f"| glass-to-display, page-measured: median / P95 ms ({pg['count']} frames) | "
