@@ -38,10 +38,14 @@ class Running:
 
     def __init__(self, cfg: dict[str, Any], tmp: Path) -> None:
         self.cfg, self.tmp = cfg, tmp
+        self.logs: list[str] = []
         self._stack = contextlib.ExitStack()
         self.srv: Server = self._stack.enter_context(serve(cfg, tmp))
 
     def stop(self) -> None:
+        """SIGTERM, keeping what the server printed."""
+        self.srv.proc.terminate()
+        self.logs.append(self.srv.proc.communicate(timeout=30)[0])
         self._stack.close()
 
     def start(self) -> None:
@@ -70,6 +74,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield r
     finally:
         r.stop()
+    log = "\n".join(r.logs)
+    assert "Traceback" not in log and KEY not in log and "vigil.token" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +151,9 @@ def test_live_previews_show_the_boxes_of_their_own_frame(running: Running, brows
         for b, edge in zip(seen["boxes"], seen["edges"], strict=True):
             pixels = np.array(edge, np.int32).reshape(-1, 4)[:, :3]
             assert b["cls"] != 0 or (np.abs(pixels - PERSON_RED).max(1) < 40).any(), pixels
+        stored = page.evaluate("JSON.stringify(sessionStorage)")  # the token only, not the key
+        assert KEY not in stored and '"token"' in stored.replace('\\"', '"')
+        assert KEY not in page.url and "token" not in page.url
         stats = _stats(page, "people")
         assert 0 < stats["median"] < 10 and stats["p95"] >= stats["median"]  # seconds
         assert page.locator("#conn").get_attribute("data-state") == "live"
