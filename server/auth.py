@@ -3,7 +3,9 @@
 Keys come from the config (``auth.keys``) and/or a keys file (one key per line, ``KEY=value``
 lines, or ``sha256:<hex>`` digests, ``#`` comments). Only SHA-256 digests are kept in memory.
 Clients present a key as ``X-API-Key: <key>``, ``Authorization: Bearer <key>``, or, for browser
-WebSockets that cannot set headers, ``?token=<key>``.
+WebSockets that cannot set headers, ``?token=<key>``. The dashboard trades the key for a
+short-lived session token instead (server/tokens.py), accepted in the same places and as a
+WebSocket subprotocol, so that no secret is put in a URL.
 """
 
 from __future__ import annotations

@@ -128,7 +128,9 @@ export class Live {
 
   watch(ids) {
     if (!this.previews) return; // a gateway: boxes on a blank frame
-    this.watched = new Set(ids);
+    const next = new Set(ids);
+    if (next.size === this.watched.size && [...next].every((id) => this.watched.has(id))) return;
+    this.watched = next;
     this._send({ op: "preview", streams: [...this.watched] });
   }
 
