@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 2
 # loopback Redis (scale-out) and docker-compose (validates docker/compose.yaml offline).
 APT_PACKAGES := ffmpeg redis-server docker-compose gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-libav gstreamer1.0-tools mosquitto
+	gstreamer1.0-libav gstreamer1.0-tools mosquitto chromium
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

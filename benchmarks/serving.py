@@ -71,12 +71,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(config: dict[str, Any], tmp: Path, repo: Path = REPO) -> Iterator[Server]:
-    """`vigil serve` with ``config`` on a free port, run from the checkout ``repo`` (another
-    checkout lets a benchmark compare two versions side by side). Admission control is off
-    unless ``config`` has a ``capacity`` section: its decisions follow measured CPU time, and a
-    test about something else must not depend on how busy the machine is."""
-    port = free_port()
+def serve(
+    config: dict[str, Any], tmp: Path, repo: Path = REPO, port: int | None = None
+) -> Iterator[Server]:
+    """`vigil serve` with ``config`` on a free port (or ``port``: a restart on the same one), run
+    from the checkout ``repo`` (another checkout lets a benchmark compare two versions side by
+    side). Admission control is off unless ``config`` has a ``capacity`` section: its decisions
+    follow measured CPU time, and a test about something else must not depend on how busy the
+    machine is."""
+    port = free_port() if port is None else port
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     if "capacity" not in config and repo == REPO:
         config["capacity"] = {"enabled": False}

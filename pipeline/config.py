@@ -180,6 +180,22 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The web page at ``/`` (server/static) and what it needs from the server: the preview
+    JPEGs of watched cameras and the short-lived session tokens a browser uses instead of the
+    API key."""
+
+    enabled: bool = True  # serve the page at / (the REST and WebSocket APIs stay either way)
+    preview_fps: float = bounded(5.0, 0.0, 30.0)  # preview frames per watched camera (0: none)
+    preview_width: int = bounded(640, 64, 3840)  # preview JPEG width, px (never upscaled)
+    preview_quality: int = bounded(70, 10, 100)  # JPEG quality
+    token_ttl_s: float = bounded(600.0, 30.0, 86400.0)  # a session token's lifetime
+    # A file whose first line (>= 32 characters) signs session tokens: they then survive a
+    # restart and work on every gateway sharing it. Empty: a random secret per process.
+    token_secret_file: str = ""
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     """How ``vigil worker`` and ``vigil gateway`` reach Redis (``vigil serve`` never does)."""
 
@@ -344,6 +360,7 @@ class VigilConfig:
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     analytics: AnalyticsParams = field(default_factory=AnalyticsParams)
     events: EventStoreConfig = field(default_factory=EventStoreConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)

@@ -77,6 +77,9 @@ class LivePipeline:
         self._started = False
         self.capacity = Capacity(cfg, self.engine.embedder is not None)
         self._busy_s = 0.0  # inference-thread seconds spent in steps (the watchdog reads it)
+        # Called on the inference thread with every frame a step published (after its
+        # message): the server's preview gate (server/preview.py). Must return at once.
+        self.frame_tap: Callable[[Frame], Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -282,6 +285,11 @@ class LivePipeline:
                         counts["frames"], counts["detected"], counts["detections"], timings
                     )
                 self._busy_s += time.perf_counter() - t0
+                tap = self.frame_tap
+                if tap is not None:
+                    for st, frame in batch:
+                        if not st.removed:
+                            tap(frame)
                 if self._observe is not None:
                     for name, ms in timings.items():
                         self._observe(name, ms / len(batch))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel
 
@@ -31,6 +31,7 @@ from pipeline.live_step import Published, ThrottledLog
 from pipeline.wiring import build_decode
 from server.auth import ApiKeys, RateLimiter, digest
 from server.backend import LocalStreams, StreamBackend
+from server.dashboard import install as install_dashboard
 from server.errors import Access, responses
 from server.errors import install as install_errors
 from server.event_store import EventStore
@@ -40,10 +41,13 @@ from server.memory import trim_periodically
 from server.metrics import Metrics
 from server.metrics_events import EventsCollector
 from server.outputs import EventOutputs
+from server.preview import MJPEG_BOUNDARY, PreviewEncoder, PreviewMetrics, mjpeg_parts
 from server.routes_capacity import capacity_router
 from server.routes_events import events_router
 from server.routes_rules import rules_router
+from server.routes_session import SessionInfo, session_router
 from server.schema import Health, Ready, StreamStatus, rest_model
+from server.tokens import WS_PROTOCOL, SessionTokens, load_secret, ws_token
 from server.urls import check_stream_url
 from server.ws import session
 
@@ -79,6 +83,12 @@ class Runtime:
         self.stopped = False
         self.model: dict[str, str] = {}
         self.log = ThrottledLog()
+        self.tokens = SessionTokens(
+            load_secret(cfg.dashboard), cfg.dashboard.token_ttl_s, self.keys.digests
+        )
+        self.preview: PreviewEncoder | None = None  # a local pipeline's, when previews are on
+        self._previews: dict[str, bytes] = {}  # encoded, not yet on the loop: latest per stream
+        self._previews_lock = threading.Lock()
 
     def handoff(self, msg: Published) -> None:
         """Called from the inference thread (or a gateway's reader): events to the store and
@@ -109,8 +119,25 @@ class Runtime:
             on_lost=self.metrics.ws_lost.inc,
             max_list=self.cfg.live.max_streams,
             counts=self.counts,
+            on_watch=None if self.preview is None else self.preview.set_watched,
         )
         return self.hub
+
+    def _preview_out(self, stream: str, data: bytes) -> None:
+        """From the encoder thread: keep the latest per stream and schedule one drain on the
+        loop (at most one pending), so a stalled loop holds one preview per stream at most."""
+        with self._previews_lock:
+            first = not self._previews
+            self._previews[stream] = data
+        if first and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._deliver_previews)
+
+    def _deliver_previews(self) -> None:
+        with self._previews_lock:
+            ready, self._previews = self._previews, {}
+        for stream, data in ready.items():
+            if self.hub is not None and self.backend is not None and self.backend.has(stream):
+                self.hub.publish_preview(stream, data)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, the reason when not): the backend's failure first, then shutting down."""
@@ -136,10 +163,16 @@ class Runtime:
         print(f"model {m.name} {m.version} ({m.precision}, {m.backend} on {m.device}, {m.file}, "
               f"sha256 {m.sha256[:12]}); preprocess {m.preprocess}; decode {decode.path} "
               f"({decode.reason})", flush=True)  # fmt: skip
+        if cfg.dashboard.preview_fps > 0:
+            metrics = PreviewMetrics(self.metrics.registry)
+            self.preview = PreviewEncoder(cfg.dashboard, self._preview_out, metrics)
+            self.preview.start()
         self.make_hub(engine.info.class_names)
         self.pipeline = LivePipeline(
             cfg, self.handoff, engine, observe_stage=self.metrics.observe_stage
         )
+        if self.preview is not None:
+            self.pipeline.frame_tap = self.preview.offer
         outputs = EventOutputs(cfg, lambda: self.counts(None), self.pipeline.guard.log)
         await self.loop.run_in_executor(None, outputs.start)
         self.outputs = outputs
@@ -170,6 +203,8 @@ class Runtime:
         if self.backend is not None:
             drain = self.cfg.server.drain_timeout_s
             await asyncio.get_running_loop().run_in_executor(None, self.backend.stop, drain)
+        if self.preview is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.preview.stop)
         if self.outputs is not None:  # flush the event store and sinks within the drain time
             drain = self.cfg.server.drain_timeout_s
             await asyncio.get_running_loop().run_in_executor(None, self.outputs.close, drain)
@@ -235,6 +270,9 @@ def create_app(
         key = _presented_key(request.headers)
         if key is None:
             raise HTTPException(401, "an API key is required (X-API-Key header)")
+        owner = rt.tokens.owner(key)  # a session token (the dashboard's) stands for its key
+        if owner is not None:
+            return owner
         if not rt.keys.check(key):
             raise HTTPException(403, "the API key is not valid")
         return digest(key)
@@ -350,6 +388,30 @@ def create_app(
             rt.outputs.forget_stream(stream_id)
         return Response(status_code=204)
 
+    def session_info() -> SessionInfo:
+        previews = backend_factory is None and cfg.dashboard.preview_fps > 0
+        classes = [] if rt.hub is None else rt.hub.class_names
+        return SessionInfo(auth=rt.keys.enabled, protect_reads=cfg.auth.protect_reads,
+                           previews=previews, classes=classes)  # fmt: skip
+
+    presented = lambda r: _presented_key(r.headers)  # noqa: E731
+    app.include_router(
+        session_router(rt.tokens, session_info, authorize, rt.limiter.allow, presented, security)
+    )
+
+    # Not in the OpenAPI description: an endless multipart response (README "Dashboard").
+    @app.get("/api/streams/{stream_id}/preview.mjpeg", dependencies=read_deps,
+             include_in_schema=False)  # fmt: skip
+    async def preview_mjpeg(stream_id: str) -> StreamingResponse:
+        if not backend().has(stream_id):
+            raise HTTPException(404, f"no stream {_quoted(stream_id)}")
+        if rt.preview is None or rt.hub is None:
+            raise HTTPException(503, "previews are not available here (dashboard.preview_fps)")
+        if len(rt.hub.clients) >= cfg.server.ws_max_clients:
+            raise HTTPException(503, f"too many clients ({cfg.server.ws_max_clients})")
+        media = f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}"
+        return StreamingResponse(mjpeg_parts(rt.hub, stream_id), media_type=media)
+
     access = Access(read_deps, mutation_deps, read_errors, auth_errors)
     app.include_router(rules_router(pipeline, access))
     app.include_router(events_router(pipeline, rt.event_store, rt.counts, access))
@@ -357,17 +419,23 @@ def create_app(
 
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:
+        # A browser offers "vigil.v1" and "vigil.token.<session token>" as subprotocols: the
+        # token never appears in a URL or a log. (?token=<key> and the headers still work.)
+        token, offered = ws_token(socket.headers.get("sec-websocket-protocol"))
         if rt.keys.enabled:
-            key = _presented_key(socket.headers, socket.query_params)
-            if key is None or not rt.keys.check(key):
+            key = token or _presented_key(socket.headers, socket.query_params)
+            if key is None or not (rt.tokens.owner(key) is not None or rt.keys.check(key)):
                 await socket.close(code=1008)  # before accept: the handshake gets HTTP 403
                 return
         hub = rt.hub
         if hub is None or rt.stopped:
             await socket.close(code=1013)
             return
-        await session(socket, hub, cfg.server, rt.metrics.ws_refused, rt.log, lambda: rt.stopped)
+        await session(socket, hub, cfg.server, rt.metrics.ws_refused, rt.log, lambda: rt.stopped,
+                      subprotocol=WS_PROTOCOL if offered else None)  # fmt: skip
 
+    if cfg.dashboard.enabled:
+        install_dashboard(app)
     return app
 
 

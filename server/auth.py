@@ -3,7 +3,9 @@
 Keys come from the config (``auth.keys``) and/or a keys file (one key per line, ``KEY=value``
 lines, or ``sha256:<hex>`` digests, ``#`` comments). Only SHA-256 digests are kept in memory.
 Clients present a key as ``X-API-Key: <key>``, ``Authorization: Bearer <key>``, or, for browser
-WebSockets that cannot set headers, ``?token=<key>``.
+WebSockets that cannot set headers, ``?token=<key>``. The dashboard trades the key for a
+short-lived session token instead (server/tokens.py), accepted in the same places and as a
+WebSocket subprotocol, so that no secret is put in a URL.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class ApiKeys:
                 raise VigilError(msg) from None
         self._digests = [d for d in (_parse_entry(e) for e in entries) if d is not None]
         self.enabled = bool(self._digests)
+
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        return tuple(self._digests)
 
     def check(self, key: str | None) -> bool:
         """Constant-time membership test (every stored digest is compared)."""

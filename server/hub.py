@@ -23,6 +23,11 @@ Client protocol (JSON text frames)::
     <- {"op": "lost", "count": 12}              (messages dropped for this client)
     -> {"op": "counts", "streams": ["cam1"]}    <- {"op": "counts", "counts": {"cam1": {...}}}
     -> {"op": "ping"}   <- {"op": "pong"}
+    -> {"op": "clock"}  <- {"op": "clock", "ts": 1763798400.123}   (the server's unix time)
+    -> {"op": "preview", "streams": ["cam1"]}   <- {"op": "preview", "streams": ["cam1"]}
+    <- binary preview messages (server/preview.py: header + JPEG) of those streams, latest
+       only: a client that reads slowly skips previews ([] or null: none; an error reply
+       when the server has no previews, e.g. a gateway or dashboard.preview_fps 0)
     <- {"op": "error", "error": "..."}          (malformed input; nothing else changes)
 
 ``last_seq`` is the last ``seq`` a client saw per stream; it gets the snapshot of every stream
@@ -66,6 +71,9 @@ class Client:
     lost: int = 0
     lost_reported: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    send_bytes: Callable[[bytes], Any] | None = None  # the socket's send_bytes
+    previews: frozenset[str] = frozenset()  # streams whose previews this client watches
+    preview_slot: dict[str, bytes] = field(default_factory=dict)  # latest per stream, unsent
 
     def __post_init__(self) -> None:
         self.queue = deque(maxlen=self.queue_size)
@@ -97,6 +105,7 @@ class Hub:
         on_lost: Callable[[int], None] | None = None,
         max_list: int = 1024,
         counts: CountsProvider | None = None,
+        on_watch: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self.queue_size = queue_size
         self.max_list = max_list
@@ -107,6 +116,8 @@ class Hub:
         self._on_sent = on_sent
         self._on_lost = on_lost
         self.published = 0
+        self._on_watch = on_watch  # None: this server has no previews
+        self.watched: frozenset[str] = frozenset()
 
     # -- called on the loop by the pipeline's handoff ----------------------------------------
     def publish(self, msg: Published) -> None:
@@ -141,20 +152,41 @@ class Hub:
         if dropped and self._on_lost is not None:
             self._on_lost(dropped)  # counted when dropped, even while a sender is blocked
 
+    def publish_preview(self, stream: str, data: bytes) -> None:
+        """A preview message (encoded once) into every watching client's latest-only slot."""
+        for c in self.clients:
+            if stream in c.previews:
+                c.preview_slot[stream] = data
+                c.wake.set()
+
+    def _watch_changed(self) -> None:
+        watched = frozenset().union(*(c.previews for c in self.clients))
+        if watched != self.watched:
+            self.watched = watched
+            if self._on_watch is not None:
+                self._on_watch(watched)
+
     def forget_stream(self, stream: str) -> None:
         self.latest.pop(stream, None)
 
     # -- per connection -----------------------------------------------------------------------
     def connect(
-        self, send: Callable[[str], Any], close: Callable[[int], Any] | None = None
+        self,
+        send: Callable[[str], Any],
+        close: Callable[[int], Any] | None = None,
+        send_bytes: Callable[[bytes], Any] | None = None,
     ) -> Client:
-        client = Client(send, self.queue_size, close)
+        client = Client(send, self.queue_size, close, send_bytes=send_bytes)
         self.clients.add(client)
         return client
 
     def disconnect(self, client: Client) -> None:
         self.clients.discard(client)
         client.wake.set()
+        if client.previews:
+            client.previews = frozenset()
+            client.preview_slot.clear()
+            self._watch_changed()
 
     def handle(self, client: Client, text: str) -> bool:
         """Apply one client message; its reply (and any snapshot) goes into the client's queue,
@@ -180,10 +212,15 @@ class Hub:
             return _error('expected an object with an "op" field'), []
         if req["op"] == "ping":
             return json.dumps({"op": "pong"}), []
+        if req["op"] == "clock":
+            return json.dumps({"op": "clock", "ts": round(time.time(), 4)}), []
+        if req["op"] == "preview":
+            return self._preview_reply(client, req), []
         if req["op"] == "counts":
             return self._counts_reply(req), []
         if req["op"] != "subscribe":
-            return _error(f"unknown op {_short(req['op'])} (use subscribe, counts or ping)"), []
+            ops = "subscribe, counts, preview, clock or ping"
+            return _error(f"unknown op {_short(req['op'])} (use {ops})"), []
         streams = req.get("streams")
         classes = req.get("classes")
         last_seq = req.get("last_seq", {})
@@ -243,6 +280,22 @@ class Hub:
         )
         return reply, (snapshot if tracks else [])
 
+    def _preview_reply(self, client: Client, req: dict[str, Any]) -> str:
+        if self._on_watch is None or client.send_bytes is None:
+            return _error("previews are not available here (a gateway, or dashboard.preview_fps 0)")
+        streams = req.get("streams")
+        if streams is not None and (
+            not isinstance(streams, list) or not all(isinstance(s, str) for s in streams)
+        ):
+            return _error('"streams" must be a list of stream ids')
+        if streams is not None and len(streams) > self.max_list:
+            return _error(f'"streams" lists more than {self.max_list} ids')
+        client.previews = frozenset(streams or ())
+        for sid in [s for s in client.preview_slot if s not in client.previews]:
+            del client.preview_slot[sid]
+        self._watch_changed()
+        return json.dumps({"op": "preview", "streams": sorted(client.previews)})
+
     def _counts_reply(self, req: dict[str, Any]) -> str:
         streams = req.get("streams")
         if streams is not None and (
@@ -269,6 +322,9 @@ class Hub:
                 await client.send(text)
                 if arrival > 0 and self._on_sent is not None:
                     self._on_sent(time.time() - arrival)
+            while client.preview_slot and client.send_bytes is not None:
+                sid = next(iter(client.preview_slot))
+                await client.send_bytes(client.preview_slot.pop(sid))
 
 
 class _ErrorReply(str):

@@ -130,9 +130,10 @@ def run_app(app: Any, cfg: VigilConfig, title: str, keyed: bool, api: bool = Tru
     host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
     base = f"{host}:{cfg.server.port}"
     auth = "API key required" if keyed else "no API keys configured: auth off"
+    page = f"dashboard http://{base}/, " if cfg.dashboard.enabled else ""
     where = (
-        f"API docs http://{base}/docs, WebSocket ws://{base}/ws, metrics http://{base}/metrics "
-        f"({auth})"
+        f"{page}API docs http://{base}/docs, WebSocket ws://{base}/ws, "
+        f"metrics http://{base}/metrics ({auth})"
         if api
         else f"/healthz, /readyz, metrics http://{base}/metrics"
     )

@@ -85,11 +85,13 @@ async def session(
     refused: Callable[[str], None],
     log: ThrottledLog,
     stopping: Callable[[], bool],
+    subprotocol: str | None = None,
 ) -> None:
     """Serve one accepted-or-not WebSocket until it closes. ``refused(reason)`` counts a
-    refusal; ``stopping()`` is True while the server shuts down (it closes clients itself)."""
+    refusal; ``stopping()`` is True while the server shuts down (it closes clients itself);
+    ``subprotocol`` is the one the handshake selects (a browser that offered it requires it)."""
     peer = socket.client.host if socket.client else "unknown"
-    await socket.accept()
+    await socket.accept(subprotocol=subprotocol)
     if len(hub.clients) >= cfg.ws_max_clients:
         refused("client_limit")
         log(f"ws-limit:{peer}", f"vigil: WebSocket client {peer} refused: {cfg.ws_max_clients} "
@@ -97,7 +99,7 @@ async def session(
         await socket.close(CLOSE_TRY_LATER, f"too many clients ({cfg.ws_max_clients})")
         return
     guard = InboundGuard(cfg)
-    client = hub.connect(socket.send_text, socket.close)
+    client = hub.connect(socket.send_text, socket.close, socket.send_bytes)
     sender = asyncio.create_task(hub.sender(client))
     try:
         while True:
