@@ -5,8 +5,8 @@ Redis hands each entry to one consumer only. An entry is acknowledged (``XACK``)
 ``store`` returned, so a gateway that dies between reading and storing leaves it pending; any
 other gateway claims pending entries idle for longer than ``claim_idle_s`` (``XAUTOCLAIM``) and
 stores them. Delivery is therefore at least once per event and, while gateways stay up,
-exactly once; ``store`` should be idempotent on (camera, stream entry id) to make the rare
-retry harmless.
+exactly once; the gateway's store (``server.event_store``) is idempotent on (camera, stream
+entry id), so the rare retry of an entry it already committed stores nothing twice.
 
 Fan-out of events to WebSocket clients is not this: every gateway reads every event with plain
 ``XREAD`` (like track messages) and gives it to its hub.

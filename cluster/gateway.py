@@ -353,6 +353,7 @@ def store_events(outputs: EventOutputs, log: Callable[[str, str], None]) -> Stor
     def store(pairs: Sequence[tuple[bytes, Entry]]) -> None:
         events: list[Event] = []
         data: list[bytes] = []
+        sources: list[str] = []
         for entry_id, entry in pairs:
             try:
                 events.append(decode_event(entry.data))
@@ -360,8 +361,9 @@ def store_events(outputs: EventOutputs, log: Callable[[str, str], None]) -> Stor
                 log("event-entry", f"vigil: event entry {entry_id!r} of {entry.camera}: {e}")
                 continue
             data.append(entry.data)
+            sources.append(entry_id.decode())
         if events:
-            outputs.publish_durable(events, data)
+            outputs.publish_durable(events, data, sources)
 
     return store
 

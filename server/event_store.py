@@ -12,6 +12,9 @@
 - Retention: every ``retention_interval_s`` events older than ``max_age_days`` are deleted, then
   the oldest until the live data fits ``max_size_mb``; freed pages go back to the file system
   (incremental vacuum) and the WAL is truncated.
+- Events a gateway takes from the cluster's consumer group carry their source (the Redis stream
+  entry id): ``(stream, source)`` is unique, so an entry delivered twice (a gateway died between
+  committing and acknowledging it) is stored once; the second copy is counted in ``duplicates``.
 - Queries open their own read-only connection (WAL readers never block the writer), and are
   run off the event loop by the caller.
 """
@@ -34,7 +37,7 @@ from pipeline.config import EventStoreConfig
 from pipeline.types import VigilError
 from server.buffer import DropOldest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ``source`` column and its unique index (a v1 file is migrated)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -49,18 +52,28 @@ CREATE TABLE IF NOT EXISTS events (
     dir TEXT,
     dwell REAL,
     count INTEGER,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    source TEXT
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE INDEX IF NOT EXISTS events_stream_ts ON events (stream, ts);
 CREATE INDEX IF NOT EXISTS events_rule_ts ON events (stream, rule, ts);
 """
+_SOURCE_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_source ON events (stream, source) "
+    "WHERE source IS NOT NULL"
+)
 _INSERT = (
     "INSERT INTO events (ts, pts, stream, kind, rule, track, class, dir, dwell, count, data) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 Row = tuple[float, float, str, str, str | None, int | None, str | None, str | None,
             float | None, int | None, str]  # fmt: skip
+_INSERT_ONCE = (
+    "INSERT INTO events (ts, pts, stream, kind, rule, track, class, dir, dwell, count, data, "
+    "source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (stream, source) WHERE source IS NOT NULL DO NOTHING"
+)
 MAX_PAGE = 1000
 
 
@@ -143,6 +156,7 @@ class EventStore:
         self._log = log
         self.buffer: DropOldest[Row] = DropOldest(cfg.queue)
         self.written = 0
+        self.duplicates = 0  # write() rows whose (stream, source) was already stored
         self.errors: dict[str, int] = {}
         self.last_error = ""
         self.size_bytes = 0
@@ -163,9 +177,7 @@ class EventStore:
                 db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new file only, before WAL
                 db.execute("PRAGMA journal_mode = WAL")
                 db.executescript(_SCHEMA)
-                db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                )
+                _migrate(db)
                 db.commit()
         except (OSError, sqlite3.Error) as e:
             raise VigilError(
@@ -204,17 +216,24 @@ class EventStore:
         """Buffer events for writing; never waits (called from the inference thread)."""
         self.buffer.put(_row(e, d) for e, d in zip(events, data, strict=True))
 
-    def write(self, events: Sequence[Event], data: Sequence[bytes]) -> None:
+    def write(self, events: Sequence[Event], data: Sequence[bytes], sources: Sequence[str]) -> int:
         """Write now, in one transaction, and return only once it is committed (a gateway's
-        consumer-group path acknowledges the entries to Redis after this). sqlite3.Error
-        propagates: the caller leaves the entries pending and they are retried."""
-        rows = [_row(e, d) for e, d in zip(events, data, strict=True)]
+        consumer-group path acknowledges the entries to Redis after this). ``sources`` names
+        each event's origin (its Redis stream entry id): an event whose ``(stream, source)`` is
+        already stored is skipped and counted in ``duplicates``. Returns how many were new.
+        sqlite3.Error propagates: the caller leaves the entries pending and they are retried."""
+        rows = [(*_row(e, d), s) for e, d, s in zip(events, data, sources, strict=True)]
         with self._sync_lock:
             if self._sync_db is None:
                 self._sync_db = self._connect()
-            with self._sync_db:
-                self._sync_db.executemany(_INSERT, rows)
-        self.written += len(rows)
+            db = self._sync_db
+            before = db.total_changes
+            with db:
+                db.executemany(_INSERT_ONCE, rows)
+            new = db.total_changes - before
+        self.written += new
+        self.duplicates += len(rows) - new
+        return new
 
     # -- the writer thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -314,6 +333,15 @@ class EventStore:
         with contextlib.closing(self._connect(readonly=True)) as db:
             rows = db.execute(sql, args).fetchall()
         return aggregate_counts(rows, since)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file of any earlier schema to ``SCHEMA_VERSION`` (in the caller's transaction)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    if "source" not in columns:  # schema 1
+        db.execute("ALTER TABLE events ADD COLUMN source TEXT")
+    db.execute(_SOURCE_INDEX)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
 
 _ZONE_KEYS = {"zone_enter": "entered", "zone_exit": "exited", "zone_spawn": "spawned",

@@ -83,6 +83,10 @@ class EventsCollector(Collector):
         errors = CounterMetricFamily(
             "vigil_sink_errors", "Failed deliveries and connections", labels=["sink", "reason"]
         )
+        duplicates = CounterMetricFamily(
+            "vigil_event_store_duplicates",
+            "Redelivered cluster event entries the event store already held (not stored again)",
+        )
         queue = GaugeMetricFamily("vigil_sink_queue", "Events waiting", labels=["sink"])
         up = GaugeMetricFamily("vigil_sink_connected", "1 while connected", labels=["sink"])
         if out is not None:
@@ -91,6 +95,7 @@ class EventsCollector(Collector):
             if out.store is not None:
                 st = out.store
                 sent.add_metric([st.name], st.written)
+                duplicates.add_metric([], st.duplicates)
                 dropped.add_metric([st.name], st.buffer.dropped)
                 for reason, n in list(st.errors.items()):
                     errors.add_metric([st.name, reason], n)
@@ -103,4 +108,4 @@ class EventsCollector(Collector):
                 errors.add_metric([sink.name, "delivery"], stats.errors)
                 queue.add_metric([sink.name], stats.queue)
                 up.add_metric([sink.name], float(stats.connected))
-        yield from (events, sent, dropped, errors, queue, up)
+        yield from (events, sent, dropped, errors, duplicates, queue, up)

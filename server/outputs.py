@@ -63,15 +63,19 @@ class EventOutputs:
                 line = f"vigil: {out.name}: {type(e).__name__}: {e}"[:300]
                 self._log(f"output:{out.name}", line)
 
-    def publish_durable(self, events: Sequence[Event], data: Sequence[bytes]) -> None:
+    def publish_durable(
+        self, events: Sequence[Event], data: Sequence[bytes], sources: Sequence[str]
+    ) -> None:
         """Events a gateway took through the cluster's consumer group: written to the store
-        before returning (a failure raises, so they stay pending in Redis and are retried),
-        then handed to the sinks' buffers."""
+        before returning (a failure raises, so they stay pending in Redis and are retried;
+        ``sources``, their entry ids, make a redelivered entry stored once), then handed to
+        the sinks' buffers. Sinks get a redelivered entry again (at least once, as MQTT QoS 1
+        is): the first copy may have been lost with the gateway that died before acking it."""
         for e in events:
             key = (e.stream, e.kind)
             self.events[key] = self.events.get(key, 0) + 1
         if self.store is not None:
-            self.store.write(events, data)
+            self.store.write(events, data, sources)
         for sink in self.sinks:
             try:
                 sink.publish(events, data)
@@ -88,7 +92,8 @@ class EventOutputs:
         out: dict[str, Any] = {}
         if self.store is not None:
             s = self.store
-            out["event_store"] = {"ok": s.healthy, "written": s.written, "queue": len(s.buffer),
+            out["event_store"] = {"ok": s.healthy, "written": s.written,
+                                  "duplicates": s.duplicates, "queue": len(s.buffer),
                                   "dropped": s.buffer.dropped,
                                   "last_error": s.last_error or None}  # fmt: skip
         for sink in self.sinks:

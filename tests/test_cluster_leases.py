@@ -312,6 +312,58 @@ def test_events_reach_the_gateways_clients_with_their_frame_and_its_store_once(
     assert int(r.xpending(keys.events("door"), "store")["pending"]) == 0
 
 
+def test_a_gateway_that_dies_after_its_commit_stores_nothing_twice(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """The gateway commits a batch to its event store, then dies before acknowledging it: the
+    entries stay pending, the restarted gateway (same database) claims them, and the store
+    holds each event once (the second copy counted as a duplicate)."""
+    client = connect(RedisConfig(url=server.url))
+    keys = Keys("evdup")
+    leases = Leases(client, keys, ttl_s=60)
+    writer = ResultWriter(leases, keys, maxlen=10_000, capacity=10_000, batch=64,
+                          backoff=Backoff(0.05, 0.2), metrics=WorkerMetrics(CollectorRegistry()),
+                          on_rejected=lambda _: None, on_redis=lambda _: None)  # fmt: skip
+    lease = leases.claim("door", "w1")
+    assert lease is not None
+    writer.own(lease)
+    writer.start()
+    every: list[int] = []
+    for seq in range(1, 31):
+        events, data = _events("door", seq, 2)
+        every += [e.seq for e in events]
+        for e, d in zip(events, data, strict=True):
+            writer.publish_event("door", d, e.seq, e.ts)
+    wait_until(lambda: writer.pending() == 0, 20, "events written")
+    writer.stop(1.0)
+
+    cfg = VigilConfig(events=EventStoreConfig(path=str(tmp_path / "gw.db")))
+    out = EventOutputs(cfg, lambda: {}, lambda key, line: None)
+    out.start()
+    store = store_events(out, lambda k, m: None)
+
+    def commit_then_die(batch: Sequence[tuple[bytes, Entry]]) -> None:
+        store(batch)
+        raise RuntimeError("killed between the commit and XACK")
+
+    dying = EventConsumer(client, keys, "store", "gw", commit_then_die, count=25)
+    with pytest.raises(RuntimeError):
+        dying.poll(["door"], block_ms=10)
+    assert out.store is not None and out.store.written == 25
+    restarted = EventConsumer(client, keys, "store", "gw", store, count=25, claim_idle_s=0.0)
+    restarted.reclaim(["door"])  # its own pending entries, as a restarted pod does
+    while restarted.poll(["door"], block_ms=10):
+        pass
+    try:
+        assert (out.store.written, out.store.duplicates) == (60, 25)
+        with contextlib.closing(sqlite3.connect(tmp_path / "gw.db")) as db:
+            rows = [json.loads(d)["seq"] for (d,) in db.execute("SELECT data FROM events")]
+        assert sorted(rows) == sorted(every)  # each event once
+        assert int(client.xpending(keys.events("door"), "store")["pending"]) == 0
+    finally:
+        out.close(1.0)
+
+
 def test_an_event_message_round_trips() -> None:
     _, (data,) = _events("cam", 7, 1)
     assert encode_event(decode_event(data)) == data

@@ -209,3 +209,56 @@ def test_retention_by_age_and_size(tmp_path: Path) -> None:
         assert newest["seq"] == 30_099  # the oldest went, the newest stayed
     finally:
         store.close()
+
+
+def test_an_entry_delivered_twice_is_stored_once(tmp_path: Path) -> None:
+    """A gateway that committed a batch and died before acknowledging it: the batch comes again
+    (to it or another gateway) and only what is new is stored; local events (no source) are
+    never deduplicated."""
+    store = _store(tmp_path)
+    try:
+        first, again = _events(5), _events(8)  # the redelivery: the same 5, then 3 new
+        data = [encode_event(e) for e in again]
+        ids = [f"1700000000000-{i}" for i in range(8)]
+        assert store.write(first, data[:5], ids[:5]) == 5
+        assert store.write(again, data, ids) == 3
+        assert (store.written, store.duplicates) == (8, 5)
+        other = _events(5, stream="other")  # the same entry ids in another camera's stream
+        assert store.write(other, [encode_event(e) for e in other], ids[:5]) == 5
+        _publish(store, _events(2))  # the single-process path: no source, both stored
+        wait_until(lambda: store.written == 15, 20, "published events written")
+        page = json.loads(store.query(EventQuery(stream="cam", limit=100)))
+        assert [e["seq"] for e in page["events"]] == [*range(8), 0, 1]  # in storage order
+    finally:
+        store.close()
+
+
+def test_a_schema_1_file_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "events.db")  # the v1 layout, as an earlier release wrote it
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema', '1');"
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, ts REAL NOT NULL, pts REAL NOT NULL,"
+        " stream TEXT NOT NULL, kind TEXT NOT NULL, rule TEXT, track INTEGER, class TEXT,"
+        " dir TEXT, dwell REAL, count INTEGER, data TEXT NOT NULL);"
+    )
+    old = _events(1)[0]
+    db.execute(
+        "INSERT INTO events (ts, pts, stream, kind, data) VALUES (?, ?, ?, ?, ?)",
+        (old.ts, old.pts, old.stream, old.kind, encode_event(old).decode()),
+    )
+    db.commit()
+    db.close()
+    store = _store(tmp_path)
+    try:
+        events = _events(2, start=1)
+        data = [encode_event(e) for e in events]
+        assert store.write(events, data, ["1-0", "1-1"]) == 2
+        assert store.write(events, data, ["1-0", "1-1"]) == 0
+        page = json.loads(store.query(EventQuery(limit=10)))
+        assert [e["seq"] for e in page["events"]] == [0, 1, 2]
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / "events.db")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    db.close()
