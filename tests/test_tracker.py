@@ -12,7 +12,7 @@ from deep_sort_realtime.deep_sort.kalman_filter import KalmanFilter
 from pipeline.types import Detections, VigilError
 from trackers import kalman
 from trackers.bytetrack import ByteTracker
-from trackers.deepsort import DeepSortParams, VectorizedDeepSort
+from trackers.deepsort import DeepSortParams, Gallery, VectorizedDeepSort
 from trackers.deepsort_reference import ReferenceDeepSort
 from trackers.registry import create_tracker, names
 
@@ -135,3 +135,33 @@ def test_sparse_gate_equals_the_full_mahalanobis_test() -> None:
     full = kalman.gating_distance(mean, cov, meas) <= kalman.CHI2_95_4D
     np.testing.assert_array_equal(kalman.gate(mean, cov, meas), full)
     assert 0 < full.sum() < full.size
+
+
+@pytest.mark.parametrize("skew", [1, 12])
+def test_gallery_pair_distances_equal_the_whole_block(skew: int) -> None:
+    """The gated path (a window over the gallery for each track's first pairs, a gather for the
+    rest) gives the same distances as the whole block, for galleries partly filled, tracks
+    spread over the slots, and one track whose gate holds many detections (``skew``)."""
+    rng = np.random.default_rng(skew)
+    gallery = Gallery(budget=6)
+    gallery.fit(40, 16)
+    for _ in range(9):  # some slots wrap their ring, some stay partly filled
+        slots = np.flatnonzero(rng.random(40) < 0.7)
+        gallery.push(slots, rng.normal(size=(slots.size, 16)).astype(np.float32))
+    slots = np.sort(rng.choice(np.flatnonzero(gallery.count > 0), 25, replace=False))
+    feats = rng.normal(size=(30, 16)).astype(np.float32)
+    pairs = rng.random((25, 30)) < 0.06
+    pairs[3, :skew] = True
+    whole = gallery.cosine_distance(slots, feats)
+    gated = gallery.cosine_distance(slots, feats, pairs)
+    assert 2 * pairs.sum() < pairs.size  # the gated path ran
+    np.testing.assert_allclose(gated[pairs], whole[pairs], atol=1e-5)
+    assert (gated[~pairs] == 1.0).all()
+    far_apart = np.array([slots[0], slots[-1]])  # a sparse window: every pair gathered
+    few = np.zeros((2, 30), bool)
+    few[[0, 1], [4, 7]] = True
+    np.testing.assert_allclose(
+        gallery.cosine_distance(far_apart, feats, few)[few],
+        gallery.cosine_distance(far_apart, feats)[few],
+        atol=1e-5,
+    )
