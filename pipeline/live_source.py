@@ -117,6 +117,7 @@ class LiveStream:
         self._source: FFmpegSource | None = None
         self._source_lock = threading.Lock()
         self._last_progress = time.monotonic()
+        self._probing = False  # the probe runs: bounded by its own timeout, not the watchdog's
         self._thread = threading.Thread(target=self._run, name=f"vigil-src-{spec.id}", daemon=True)
 
     @property
@@ -153,9 +154,10 @@ class LiveStream:
 
     def check_stall(self, now: float) -> bool:
         """Kill the FFmpeg child if it gave no frame for the stall timeout; True if it did."""
-        if self.state not in (StreamState.LIVE, StreamState.CONNECTING):
+        if self._probing or self.state not in (StreamState.LIVE, StreamState.CONNECTING):
             return False
-        # Connecting includes the probe and FFmpeg's own open, each bounded by the I/O timeout.
+        # Connecting is FFmpeg's own open, bounded by the I/O timeout; the probe before it has
+        # its own timeout (a stall reported then would hide the probe's real error).
         grace = self._stall_timeout + (self._timeout if self.state is StreamState.CONNECTING else 0)
         if now - self._last_progress <= grace:
             return False
@@ -213,9 +215,11 @@ class LiveStream:
                 self._backoff.reset()
                 self.last_error = ""  # the trouble is over
             if src.decode_errors != seen_errors:
+                # the cause before the count: a status read in between never shows errors
+                # counted with no cause (stream_status reads last_error first)
+                self.last_error = f"decode error: {src.last_error}"
                 self.decode_errors += src.decode_errors - seen_errors
                 seen_errors = src.decode_errors
-                self.last_error = f"decode error: {src.last_error}"
             if src.truncated and not self.is_network:
                 self._fail(f"the file is truncated ({src.truncated})")
                 return ""
@@ -238,7 +242,11 @@ class LiveStream:
             self._last_progress = time.monotonic()
             error = ""
             try:
-                src = self._open()  # the probe: bounded by its own timeout
+                self._probing = True
+                try:
+                    src = self._open()  # the probe: bounded by its own timeout
+                finally:
+                    self._probing = False
                 # The watchdog's clock starts when FFmpeg starts, not before the probe: on a
                 # busy machine probe + open could otherwise outlast the grace every time.
                 self._last_progress = time.monotonic()

@@ -18,7 +18,8 @@ def test_a_non_video_file_fails_with_the_reason(tmp_path: Path) -> None:
     (tmp_path / "notes.mp4").write_text("not a video")
     stream = LiveStream(StreamConfig("n", str(tmp_path / "notes.mp4")))
     stream.start()
-    wait_until(lambda: stream.state is StreamState.FAILED, 20, "the stream failed")
+    wait_until(lambda: stream.state is StreamState.FAILED and stream.last_error, 20,
+               "the stream failed with its reason")  # fmt: skip
     assert "not a readable video" in stream.last_error and stream.last_error_at > 0
     assert stream.reconnects == 0  # a file does not heal: no retries
     stream.stop()

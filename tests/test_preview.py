@@ -75,7 +75,7 @@ def test_a_watched_camera_is_encoded_at_the_preview_rate_with_its_frame_index() 
     assert taken == list(range(0, 40, 2))
     enc.start()  # the slot kept only the newest due frame while the thread was not running
     try:
-        wait_until(lambda: enc.encoded == 1, 10, "the waiting frame encoded")
+        wait_until(lambda: enc.encoded == 1 and got, 10, "the waiting frame encoded, delivered")
         header, jpeg = unpack(got[0][1])
         assert got[0][0] == "cam" and header["frame"] == 38 and header["stream"] == "cam"
         assert (header["width"], header["height"]) == (320, 180)

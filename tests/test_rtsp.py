@@ -74,7 +74,9 @@ def test_rtsp_server_killed_and_restarted(rtsp: RtspServer, tmp_path: Path) -> N
         wrong = {"id": "wrong", "url": f"rtsp://viewer:letmein@127.0.0.1:{rtsp.port}/cam"}
         assert srv.request("POST", "/api/streams", wrong)[0] == 201
         refused = wait_until(
-            lambda: (w := srv.stream("wrong"))["last_error"] and w, 40, "wrong password refused"
+            lambda: "401" in ((w := srv.stream("wrong"))["last_error"] or "") and w,
+            40,
+            "wrong password refused",
         )
         assert "401 Unauthorized" in refused["last_error"] and "letmein" not in str(refused)
         assert srv.request("DELETE", "/api/streams/wrong")[0] == 204
