@@ -144,12 +144,17 @@ def gate(
     if n == 0 or m == 0:
         return inside
     z_mean, s = project(mean, cov)
-    d = measurements[None, :, :] - z_mean[:, None, :]  # (N, M, 4)
-    var = np.diagonal(s, axis1=1, axis2=2)  # (N, 4)
-    near = ((d * d) <= threshold * var[:, None, :]).all(axis=2)
+    bound = threshold * np.diagonal(s, axis1=1, axis2=2)  # (N, 4)
+    # the position tests over every pair (two (N, M) arrays), the size tests on those left
+    dx = measurements[None, :, 0] - z_mean[:, 0, None]
+    near = dx * dx <= bound[:, 0, None]
+    dy = measurements[None, :, 1] - z_mean[:, 1, None]
+    near &= dy * dy <= bound[:, 1, None]
     ti, mi = np.nonzero(near)
+    dp = measurements[mi] - z_mean[ti]  # (P, 4)
+    keep = (dp * dp <= bound[ti]).all(axis=1)
+    ti, mi, dp = ti[keep], mi[keep], dp[keep]
     if ti.size:
-        dp = d[ti, mi]  # (P, 4)
         s_inv = np.linalg.inv(s)
         inside[ti, mi] = np.einsum("pi,pij,pj->p", dp, s_inv[ti], dp) <= threshold
     return inside
