@@ -257,6 +257,19 @@ def _events(cam: str, seq: int, n: int) -> tuple[tuple[Event, ...], tuple[bytes,
     return found, tuple(encode_event(e) for e in found)
 
 
+def _door_writer(client: redis.Redis, keys: Keys) -> ResultWriter:
+    """A started writer holding camera ``door``'s lease (worker ``w1``, a 60 s TTL)."""
+    leases = Leases(client, keys, ttl_s=60)
+    writer = ResultWriter(leases, keys, maxlen=10_000, capacity=10_000, batch=64,
+                          backoff=Backoff(0.05, 0.2), metrics=WorkerMetrics(CollectorRegistry()),
+                          on_rejected=lambda _: None, on_redis=lambda _: None)  # fmt: skip
+    lease = leases.claim("door", "w1")
+    assert lease is not None
+    writer.own(lease)
+    writer.start()
+    return writer
+
+
 def test_events_reach_the_gateways_clients_with_their_frame_and_its_store_once(
     server: RedisServer, tmp_path: Path
 ) -> None:
@@ -266,14 +279,7 @@ def test_events_reach_the_gateways_clients_with_their_frame_and_its_store_once(
     each) hold every event exactly once between them, written before acknowledgement."""
     client = connect(RedisConfig(url=server.url))
     keys = Keys("evw")
-    leases = Leases(client, keys, ttl_s=60)
-    writer = ResultWriter(leases, keys, maxlen=10_000, capacity=10_000, batch=64,
-                          backoff=Backoff(0.05, 0.2), metrics=WorkerMetrics(CollectorRegistry()),
-                          on_rejected=lambda _: None, on_redis=lambda _: None)  # fmt: skip
-    lease = leases.claim("door", "w1")
-    assert lease is not None
-    writer.own(lease)
-    writer.start()
+    writer = _door_writer(client, keys)
     sent = []
     for seq in range(1, 41):
         msg = _message("door", seq)
@@ -323,14 +329,7 @@ def test_a_gateway_that_dies_after_its_commit_stores_nothing_twice(
     holds each event once (the second copy counted as a duplicate)."""
     client = connect(RedisConfig(url=server.url))
     keys = Keys("evdup")
-    leases = Leases(client, keys, ttl_s=60)
-    writer = ResultWriter(leases, keys, maxlen=10_000, capacity=10_000, batch=64,
-                          backoff=Backoff(0.05, 0.2), metrics=WorkerMetrics(CollectorRegistry()),
-                          on_rejected=lambda _: None, on_redis=lambda _: None)  # fmt: skip
-    lease = leases.claim("door", "w1")
-    assert lease is not None
-    writer.own(lease)
-    writer.start()
+    writer = _door_writer(client, keys)
     every: list[int] = []
     for seq in range(1, 31):
         events, data = _events("door", seq, 2)
