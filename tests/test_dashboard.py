@@ -247,6 +247,52 @@ def test_drawing_a_line_creates_the_rule_and_it_counts(running: Running, browser
         srv.request("DELETE", "/api/streams/walk", key=KEY)
 
 
+def _motion_cells(page: Any, sid: str) -> int:
+    """How many motion-mask cells the camera view tinted in its last drawing."""
+    drawn = page.evaluate("window.vigil.drawn()") or {}
+    return int((drawn.get(sid) or {}).get("motion") or 0)
+
+
+def test_capacity_effective_fps_and_the_motion_mask(running: Running, browser: Any) -> None:
+    """The grid shows the machine's capacity as GET /api/capacity measures it and each tile's
+    effective fps; a camera that gates its detector on motion can show its mask over the
+    preview, and one that does not has the button off."""
+    srv = running.srv
+    body = {"id": "gated", "url": "people.mp4", "fps": 5, "loop": True, "motion": {"enabled": True}}
+    assert srv.request("POST", "/api/streams", body, key=KEY)[0] == 201
+    errors: list[str] = []
+    page = _signed_in(browser, srv, errors)
+    try:
+        panel = page.locator("#capacity")
+        wait_until(lambda: panel.get_attribute("data-streams") == "2", 30, "capacity of 2 streams")
+        cap = srv.request("GET", "/api/capacity", key=KEY)[1]
+        text = panel.inner_text()
+        assert f"{cap['request']['width']}x{cap['request']['height']}" in text and "ms/s" in text
+        used, budget = (
+            float(panel.get_attribute("data-used")),
+            float(panel.get_attribute("data-budget")),
+        )
+        meter = float(page.eval_on_selector("#capacity-meter", "m => m.value"))
+        assert budget > 0 and meter == pytest.approx(min(1.0, used / budget), abs=1e-6)
+        qos = page.locator('figure[data-stream="gated"] .qos')
+        wait_until(lambda: "effective fps" in (qos.get_attribute("title") or ""), 20, "qos title")
+
+        page.evaluate("location.hash = '#/camera/people'")  # no motion gating there
+        page.wait_for_selector("#motion-toggle[disabled]", state="attached")
+        page.evaluate("location.hash = '#/camera/gated'")
+        eff = page.locator('#health tr[data-key="effective fps"] td')
+        wait_until(lambda: eff.count() and "fps" in eff.inner_text(), 20, "effective fps row")
+        page.wait_for_selector("#motion-toggle:not([disabled])")
+        page.click("#motion-toggle")
+        wait_until(lambda: _motion_cells(page, "gated"), 60, "moving cells tinted over the preview")
+        page.click("#motion-toggle")  # off again: the mask is no longer drawn
+        wait_until(lambda: not _motion_cells(page, "gated"), 20, "the mask gone")
+        assert not errors, errors
+    finally:
+        page.context.close()
+        srv.request("DELETE", "/api/streams/gated", key=KEY)
+
+
 def test_session_token_and_preview_over_http_and_websocket(running: Running) -> None:
     srv = running.srv
     assert srv.request("GET", "/api/session")[1]["auth"] is True

@@ -1,5 +1,7 @@
 // One camera, large: live view with the rules drawn and editable, counts, occupancy and dwell,
-// the latest events (stored, then live) and the camera's health.
+// the latest events (stored, then live), the camera's health and effective fps, and (when the
+// stream gates its detector on motion) the motion mask over the preview.
+import { effectiveFps } from "./capacity.js";
 import { drawCamera } from "./draw.js";
 import { Editor } from "./editor.js";
 import { el, fmtMs, fmtTime, sum } from "./ui.js";
@@ -17,6 +19,8 @@ export class CameraView {
     this.editing = null; // the id of a rule being redrawn, or null for a new one
     this.events = []; // newest first, capped
     this.seen = new Set(); // keys of the events listed (stored and live overlap)
+    this.motion = null; // the last motion mask while the overlay is on
+    this.motionTimer = null;
   }
 
   mount(root) {
@@ -31,6 +35,9 @@ export class CameraView {
       onclick: () => this.startDraw("zone") });
     this.hint = el("p", { class: "empty hint" });
     this.delay = el("span", { class: "delay", id: "delay" });
+    this.motionBtn = el("button", { type: "button", id: "motion-toggle", text: "Motion",
+      "aria-pressed": "false", disabled: true, title: "motion gating is off for this camera",
+      onclick: () => this.toggleMotion() });
     this.form = this.ruleForm();
     this.health = el("table", { id: "health" });
     this.counts = el("div", { id: "counts" });
@@ -39,7 +46,7 @@ export class CameraView {
     root.append(el("div", { class: "view" },
       el("div", { class: "stage" },
         el("div", { class: "toolbar" }, el("a", { href: "#/", text: "← all cameras" }),
-          el("strong", { text: id }), this.lineBtn, this.zoneBtn, this.delay),
+          el("strong", { text: id }), this.lineBtn, this.zoneBtn, this.motionBtn, this.delay),
         this.canvas, this.hint, this.form),
       el("div", { class: "side" },
         el("section", {}, el("h3", { text: "Health" }), this.health),
@@ -54,10 +61,12 @@ export class CameraView {
     this.loadEvents();
     this.refreshHealth();
     this.timers.push(setInterval(() => this.refreshHealth(), 2000));
+    this.loadMotion(false);
   }
 
   unmount() {
     this.timers.forEach(clearInterval);
+    clearInterval(this.motionTimer);
     this.app.live.onEvent = () => {};
   }
 
@@ -199,22 +208,53 @@ export class CameraView {
     }
   }
 
+  // -- motion mask ------------------------------------------------------------------------
+  async loadMotion(show) {
+    let m;
+    try {
+      m = await this.app.api.request("GET", `${this.base()}/motion`);
+    } catch {
+      m = { enabled: false }; // a gateway, or the stream is gone
+    }
+    this.motionBtn.disabled = !m.enabled;
+    this.motionBtn.title = m.enabled
+      ? "show the motion mask: cells that moved, as the detector's gate saw them"
+      : "motion gating is off for this camera (streams[].motion.enabled)";
+    this.motion = show && m.enabled && m.grid ? m : null;
+    this.version = -1;
+  }
+
+  toggleMotion() {
+    const on = this.motionBtn.getAttribute("aria-pressed") !== "true";
+    this.motionBtn.setAttribute("aria-pressed", String(on));
+    clearInterval(this.motionTimer);
+    this.motion = null;
+    this.version = -1;
+    if (on) {
+      this.loadMotion(true);
+      this.motionTimer = setInterval(() => this.loadMotion(true), 500);
+    }
+  }
+
   // -- health -----------------------------------------------------------------------------
   async refreshHealth() {
     const api = this.app.api;
     try {
-      const [s, h, metrics] = await Promise.all([
+      const [s, h, metrics, capacity] = await Promise.all([
         api.request("GET", this.base()),
         api.request("GET", `${this.base()}/health`).catch(() => ({ enabled: false })),
         api.metricsText().catch(() => ""),
+        api.request("GET", "/api/capacity").catch(() => null),
       ]);
+      const eff = effectiveFps(capacity?.per_stream?.[this.id]);
       this.status = s;
       const checks = h.enabled
         ? Object.entries(h.checks).filter(([, on]) => on).map(([c]) => c).join(", ") || "ok"
         : "off";
       const rows = [
         ["state", s.state], ["decode fps", s.decode_fps.toFixed(1)],
-        ["inference fps", s.infer_fps.toFixed(1)], ["frame drops", s.drops],
+        ["inference fps", s.infer_fps.toFixed(1)],
+        ["effective fps", eff ? eff.text : "–"], ["frame drops", s.drops],
         ["reconnects", s.reconnects], ["errors", s.errors],
         ["P99 frame to send", fmtMs(p99(metrics, "vigil_frame_to_send_seconds"))],
         ["camera checks", checks], ["last error", s.last_error || "none"],
@@ -258,7 +298,7 @@ export class CameraView {
     this.version = cam.version;
     const width = Math.min(1920, Math.max(480, this.canvas.clientWidth * devicePixelRatio));
     this.drawnInfo = drawCamera(this.ctx, cam, { classes: this.app.classes, rules: this.rules,
-      draft, width, src: this.status, previews: this.app.previews });
+      draft, width, src: this.status, previews: this.app.previews, motion: this.motion });
     if (fresh) this.app.displayed(cam);
     const stats = cam.delayStats();
     this.delay.textContent = stats

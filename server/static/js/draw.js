@@ -34,10 +34,11 @@ export function drawCamera(ctx, cam, opts) {
   // without previews (a gateway), the newest message's boxes on black
   const msg = shown ? shown.tracks : opts.previews ? null : cam.latest;
   if (shown) ctx.drawImage(shown.bitmap, 0, 0, W, H);
+  const motion = opts.motion ? drawMotion(ctx, opts.motion, W, H) : null;
   if (rules) drawRules(ctx, rules, W, H, cam.counts);
   if (draft) drawDraft(ctx, draft, W, H);
   const drawn = [];
-  if (!msg) return { frame: shown?.header.frame ?? null, boxes: drawn };
+  if (!msg) return { frame: shown?.header.frame ?? null, boxes: drawn, motion };
   ctx.lineWidth = 2;
   for (const trail of cam.trails.values()) {
     if (trail.points.length < 2 || cam.messages - trail.seen > 1) continue;
@@ -63,7 +64,7 @@ export function drawCamera(ctx, cam, opts) {
     ctx.fillText(label, box[0] + 2, ty - 1);
     drawn.push({ id, cls, color, src: [x1, y1, x2, y2], box });
   }
-  return { frame: msg.frame, boxes: drawn };
+  return { frame: msg.frame, boxes: drawn, motion };
 }
 
 function lineCount(counts, id) {
@@ -154,4 +155,23 @@ function drawDraft(ctx, draft, W, H) {
     ctx.fillStyle = "#ff375f";
     ctx.fillRect(x * W - 3, y * H - 3, 6, 6);
   }
+}
+
+// The motion mask (GET /api/streams/{id}/motion): grid cells over the whole frame, "1" where
+// the gate saw motion, tinted over the preview.
+// Returns how many cells it tinted.
+function drawMotion(ctx, motion, W, H) {
+  let cells = 0;
+  const [gh, gw] = motion.grid;
+  const cw = W / gw;
+  const ch = H / gh;
+  ctx.fillStyle = "rgba(255, 214, 10, 0.35)";
+  motion.rows.forEach((row, y) => {
+    for (let x = 0; x < row.length; x += 1) {
+      if (row[x] !== "1") continue;
+      ctx.fillRect(x * cw, y * ch, Math.ceil(cw), Math.ceil(ch));
+      cells += 1;
+    }
+  });
+  return cells;
 }

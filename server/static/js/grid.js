@@ -1,4 +1,6 @@
-// The camera grid: one live tile per stream, and the form that adds a camera.
+// The camera grid: the machine's capacity, one live tile per stream (inference fps, and the
+// effective fps when quality of service lowered it), and the form that adds a camera.
+import { CapacityPanel, effectiveFps } from "./capacity.js";
 import { drawCamera } from "./draw.js";
 import { el, fmtMs } from "./ui.js";
 
@@ -23,7 +25,8 @@ export class GridView {
       this.add(id.value.trim(), url.value.trim(), Number(fps.value));
     } }, el("h3", { text: "Add a camera" }), id, url, fps,
     el("button", { type: "submit", text: "Add" }), this.error);
-    root.append(this.grid, this.emptyNote, form);
+    this.capacity = new CapacityPanel(this.app.api);
+    root.append(this.capacity.node, this.grid, this.emptyNote, form);
     this.refresh();
     this.timer = setInterval(() => this.refresh(), 2000);
   }
@@ -55,8 +58,10 @@ export class GridView {
 
   async refresh() {
     let streams;
+    let qos;
     try {
-      streams = await this.app.api.request("GET", "/api/streams");
+      [streams, qos] = await Promise.all([this.app.api.request("GET", "/api/streams"),
+        this.capacity.refresh()]);
     } catch (e) {
       if (e.status !== 401 && e.status !== 403) this.app.banner(e.message);
       return;
@@ -76,6 +81,9 @@ export class GridView {
       t.state.textContent = s.state;
       t.state.className = `state-${s.state}`;
       t.fps.textContent = `${s.infer_fps.toFixed(1)} fps`;
+      const eff = effectiveFps(qos[s.id]);
+      t.qos.textContent = eff && eff.reduced ? `QoS ${eff.text}` : "";
+      t.qos.title = eff ? `effective fps: ${eff.text}` : "";
     }
     this.emptyNote.hidden = streams.length > 0;
     this.app.live.watch([...ids]);
@@ -85,6 +93,7 @@ export class GridView {
     const canvas = el("canvas", { width: 640, height: 360, "aria-label": `camera ${id}` });
     const state = el("span");
     const fps = el("span");
+    const qos = el("span", { class: "qos" });
     const delay = el("span", { class: "delay", title: "glass-to-display delay (median)" });
     const remove = el("button", { class: "remove", type: "button", title: "Remove camera",
       text: "✕", onclick: (e) => {
@@ -93,10 +102,10 @@ export class GridView {
       } });
     const fig = el("figure", { class: "tile", dataset: { stream: id },
       onclick: () => (location.hash = `#/camera/${encodeURIComponent(id)}`) },
-    canvas, el("figcaption", {}, el("span", { class: "name", text: id }), state, fps, delay,
+    canvas, el("figcaption", {}, el("span", { class: "name", text: id }), state, fps, qos, delay,
       remove));
     this.grid.append(fig);
-    const t = { fig, canvas, ctx: canvas.getContext("2d"), state, fps, delay, version: -1,
+    const t = { fig, canvas, ctx: canvas.getContext("2d"), state, fps, qos, delay, version: -1,
       status: null, drawn: null };
     this.tiles.set(id, t);
     return t;
