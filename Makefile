@@ -13,10 +13,11 @@ export OMP_NUM_THREADS ?= 2
 
 # Debian packages: ffmpeg/ffprobe (the decoder runs FFmpeg as a subprocess) and, for the tests'
 # loopback servers, GStreamer's RTSP server with its Python bindings, the Mosquitto broker, a
-# loopback Redis (scale-out) and docker-compose (validates docker/compose.yaml offline).
+# loopback Redis (scale-out), docker-compose (validates docker/compose.yaml offline), and the
+# browsers the dashboard is tested in (Chromium through Playwright, Firefox ESR over WebDriver BiDi).
 APT_PACKAGES := ffmpeg redis-server docker-compose gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-libav gstreamer1.0-tools mosquitto chromium
+	gstreamer1.0-libav gstreamer1.0-tools mosquitto chromium firefox-esr
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
