@@ -297,8 +297,11 @@ def create_app(
     def pipeline() -> LivePipeline:
         if rt.pipeline is None:
             if rt.backend_factory is not None:
-                raise HTTPException(503, "a gateway runs no pipeline: capacity and motion are "
-                                    "each worker's own (its /api/capacity)")
+                raise HTTPException(
+                    503,
+                    "a gateway runs no pipeline: capacity and motion are "
+                    "each worker's own (its /api/capacity)",
+                )
             raise HTTPException(503, "not ready")
         return rt.pipeline
 

@@ -21,7 +21,6 @@ from pipeline.config import StreamConfig
 from pipeline.live import LivePipeline
 from pipeline.live_source import LiveStream
 
-
 Rules = tuple[tuple[LineRule, ...], tuple[ZoneRule, ...]]
 RuleEdit = Callable[[Rules], Rules]  # current lines and zones -> new ones (may raise)
 

@@ -122,7 +122,8 @@ def _crud(
         return (mine, rules[1]) if index == 0 else (rules[0], mine)
 
     def find(stream_id: str, rules: Rules, rule_id: str) -> int:
-        at = next((i for i, r in enumerate(rules[index]) if r.id == rule_id), -1)
+        mine: tuple[Any, ...] = rules[index]
+        at = next((i for i, r in enumerate(mine) if r.id == rule_id), -1)
         if at < 0:
             raise HTTPException(404, f"stream {stream_id!r} has no {kind[:-1]} {rule_id!r}")
         return at
@@ -134,7 +135,7 @@ def _crud(
         rule = _parse(cls, body)
 
         def add(rules: Rules) -> Rules:
-            if rule.id in [r.id for r in (*rules[0], *rules[1])]:
+            if rule.id in [r.id for r in rules[0]] + [r.id for r in rules[1]]:
                 raise HTTPException(409, f"stream {stream_id!r} already has a rule {rule.id!r}")
             return with_kind(rules, (*rules[index], rule))
 
