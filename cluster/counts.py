@@ -42,6 +42,7 @@ def _rules_of(spec: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
 class _Fold:
     counts: Counts
     rules: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    spec: dict[str, Any] | None = None  # the spec ``rules`` were read from (by identity)
     epoch: int = -1  # the reset the fold follows (-1: none seen yet)
     token: int = -1  # the owner's fencing token of the last folded entry
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,13 +56,17 @@ class RelayedCounts:
         self._lock = threading.Lock()
 
     def _fold(self, cam: str, spec: dict[str, Any]) -> _Fold:
-        """The camera's fold, its rules brought up to ``spec``."""
-        rules = _rules_of(spec)
+        """The camera's fold, its rules brought up to ``spec`` (a gateway replaces the spec
+        object when it changes: the same object is not read again)."""
         with self._lock:
             fold = self._folds.get(cam)
             if fold is None:
                 fold = self._folds[cam] = _Fold(Counts(time.time()))
         with fold.lock:
+            if fold.spec is spec:
+                return fold
+            fold.spec = spec
+            rules = _rules_of(spec)
             if fold.rules != rules:
                 old = {**fold.rules[0], **fold.rules[1]}
                 new = {**rules[0], **rules[1]}
