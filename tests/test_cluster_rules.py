@@ -1,11 +1,13 @@
-"""Rules, counts resets and camera health through a gateway, against a real ``redis-server``.
+"""Rules, counts resets and camera health through gateways, against a real ``redis-server``.
 
-In process: two gateway apps edit one camera's rules at once (none lost), bad edits change
-nothing, a Redis that is away gets 503s, and the counts a gateway folds follow the owner's
-resets exactly. Then for real: a ``vigil worker`` and a ``vigil gateway`` playing the sample clip
-(one camera): a zone added through the gateway is applied live by the worker (same lease token,
-no new claim, seq going on), a counts reset reaches the worker, and the gateway serves the
-camera's health (and says plainly when nobody runs a camera)."""
+In process: the counts a gateway folds follow the owner's resets exactly (the fold alone, then
+a real Gateway reading a worker writer's frames through Redis). Then for real: a ``vigil
+worker`` and two ``vigil gateway`` processes, the sample clip as one camera: a zone added
+through a gateway is applied live by the worker (same lease token, no new claim, seq going on),
+a counts reset reaches the worker, any other spec change still restarts the camera, a gateway
+serves the camera's health (and says plainly when nobody runs a camera), two gateways editing
+one camera's rules at once lose nothing, bad edits change nothing, and with Redis away edits
+and resets get 503s."""
 
 from __future__ import annotations
 
