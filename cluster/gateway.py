@@ -98,6 +98,10 @@ class Gateway:
         self.redis_error = "not connected yet"
         self._desired: dict[str, dict[str, Any]] = {}
         self._rev: bytes | None = None
+        # this gateway's own last change of the desired state: (its revision, until when a
+        # refresh that read an older revision must not undo it in the copy)
+        self._local: tuple[int, float] = (0, 0.0)
+        self._desired_lock = threading.Lock()
         self._owners: dict[str, tuple[str, int]] = {}
         self._workers: dict[str, dict[str, Any]] = {}
         self._last: dict[str, tuple[int, int]] = {}  # camera -> (seq, token) delivered
@@ -147,12 +151,12 @@ class Gateway:
             pipe = self.client.pipeline(transaction=True)
             pipe.hsetnx(self.keys.streams, spec.id, data)
             pipe.incr(self.keys.streams_rev)
-            added, _ = pipe.execute()
+            added, rev = pipe.execute()
         except REDIS_DOWN as e:
             raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
         if not added:
             raise StreamConflict(f"stream {spec.id!r} already exists")
-        self._desired = {**self._desired, spec.id: body}
+        self._patch(int(rev), spec.id, body)
         return self._status(spec.id)
 
     def remove(self, stream_id: str) -> bool:
@@ -160,10 +164,10 @@ class Gateway:
             pipe = self.client.pipeline(transaction=True)
             pipe.hdel(self.keys.streams, stream_id)
             pipe.incr(self.keys.streams_rev)
-            removed, _ = pipe.execute()
+            removed, rev = pipe.execute()
         except REDIS_DOWN as e:
             raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
-        self._desired = {k: v for k, v in self._desired.items() if k != stream_id}
+        self._patch(int(rev), stream_id, None)
         return bool(removed)
 
     def stop(self, drain_timeout_s: float) -> None:
@@ -172,6 +176,17 @@ class Gateway:
         if self._events is not None:
             self._events.join(max(1.0, drain_timeout_s))
         self.client.close()
+
+    def _patch(self, rev: int, cam: str, body: dict[str, Any] | None) -> None:
+        """This gateway's own change (written at revision ``rev``; ``body`` None: removed) in
+        its copy at once: read-your-writes, which a refresh that read an older revision does
+        not undo (for a few refreshes: a Redis that lost its data starts revisions again)."""
+        with self._desired_lock:
+            desired = {k: v for k, v in self._desired.items() if k != cam}
+            if body is not None:
+                desired[cam] = body
+            self._desired = desired
+            self._local = (max(rev, self._local[0]), time.monotonic() + 5 * REFRESH_S)
 
     # -- views ------------------------------------------------------------------------------------
     def _status(self, cam: str) -> dict[str, Any]:
@@ -250,9 +265,15 @@ class Gateway:
             self._seed()
         rev = self.client.get(self.keys.streams_rev)
         if rev is None or rev != self._rev:
-            raw = self.client.hgetall(self.keys.streams)
-            self._desired = {k.decode(): json.loads(v) for k, v in raw.items()}
-            self._rev = rev
+            pipe = self.client.pipeline(transaction=True)  # the hash and its revision, together
+            pipe.get(self.keys.streams_rev)
+            pipe.hgetall(self.keys.streams)
+            rev, raw = pipe.execute()
+            desired = {k.decode(): json.loads(v) for k, v in raw.items()}
+            with self._desired_lock:
+                local_rev, until = self._local
+                if int(rev or 0) >= local_rev or time.monotonic() > until:
+                    self._desired, self._rev = desired, rev
             self._counts.keep(self._desired)
         cams = sorted(self._desired)
         holders = self.leases.holders(cams)
@@ -335,7 +356,10 @@ class Gateway:
         change lands in between), so concurrent edits never lose one another."""
         key = self.keys.streams
 
-        def transaction(pipe: Any) -> tuple[dict[str, Any], Rules]:
+        written: list[tuple[dict[str, Any], Rules]] = []
+
+        def transaction(pipe: Any) -> None:
+            written.clear()  # a retry starts again
             raw = pipe.hget(key, stream_id)
             if raw is None:
                 raise KeyError(stream_id)
@@ -348,15 +372,16 @@ class Gateway:
             pipe.multi()
             pipe.hset(key, stream_id, json.dumps(body, sort_keys=True))
             pipe.incr(self.keys.streams_rev)
-            return body, (new.lines, new.zones)
+            written.append((body, (new.lines, new.zones)))
 
         try:
-            body, rules = self.client.transaction(transaction, key, value_from_callable=True)
+            _, rev = self.client.transaction(transaction, key)
         except REDIS_DOWN as e:
             raise BackendUnavailable(
                 f"redis unreachable ({e}); an edit lands whole or not at all: read the rules back"
             ) from None
-        self._desired = {**self._desired, stream_id: body}
+        body, rules = written[-1]
+        self._patch(int(rev), stream_id, body)
         return rules
 
     def reset_counts(self, stream_id: str) -> dict[str, Any]:
