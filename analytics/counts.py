@@ -10,6 +10,11 @@ The shape (``counts.json`` of a replay, REST, retained MQTT topics)::
 
 Occupancy is the current value (from ``zone_occupancy`` events), so a reset keeps it and
 starts ``max_occupancy`` from it. Thread-safe: the pipeline adds, the server reads.
+
+Resets are numbered (``epoch``): ``added_epoch`` is the number of the reset the events of the
+latest :meth:`add` were counted after, read under the same lock as the add, so a cluster worker
+can stamp each frame's message with it and a gateway folding the relayed events resets at
+exactly the frame the worker did (``cluster.gateway``).
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ def _bump(d: dict[str, int], key: str, n: int = 1) -> None:
 class Counts:
     """Counters of one stream's lines and zones (ids given by :meth:`set_rules`)."""
 
-    def __init__(self, since_ts: float = 0.0) -> None:
+    def __init__(self, since_ts: float = 0.0, epoch: int = 0) -> None:
         self.since_ts = since_ts
+        self.epoch = epoch
+        self.added_epoch = epoch
         self._lock = threading.Lock()
         self._lines: dict[str, dict[str, dict[str, int]]] = {}
         self._zones: dict[str, dict[str, dict[str, int]]] = {}
@@ -71,6 +78,7 @@ class Counts:
         """Fold events in; returns the ids of the rules whose counts changed."""
         touched: set[str] = set()
         with self._lock:
+            self.added_epoch = self.epoch
             for e in events:
                 if e.rule is None or e.class_name is None:
                     continue
@@ -97,10 +105,12 @@ class Counts:
                 touched.add(e.rule)
         return touched
 
-    def reset(self, since_ts: float) -> None:
-        """Zero every counter; occupancy stays (it is state) and seeds ``max_occupancy``."""
+    def reset(self, since_ts: float, epoch: int | None = None) -> None:
+        """Zero every counter; occupancy stays (it is state) and seeds ``max_occupancy``.
+        ``epoch``: this reset's number (default the current one + 1)."""
         with self._lock:
             self.since_ts = since_ts
+            self.epoch = self.epoch + 1 if epoch is None else epoch
             for rule in self._lines:
                 self._lines[rule] = {"in": {}, "out": {}}
             for rule in self._zones:

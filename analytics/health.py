@@ -13,6 +13,7 @@ pixels): microseconds per frame, whatever the resolution.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,16 @@ class CameraHealth:
             events += self._drift(at)
         self._last_pts = at.pts
         return events
+
+    def report(self) -> dict[str, Any]:
+        """The checks now, as ``GET /api/streams/{id}/health`` answers (and a worker publishes
+        with its heartbeat): which are on, the mean grey level and the clock drift."""
+        return {
+            "enabled": True,
+            "checks": {c: self.active[c] for c in CHECKS},
+            "brightness": round(self.brightness, 2),
+            "drift_s": round(self.drift_s, 3),
+        }
 
     def _lasting(
         self,

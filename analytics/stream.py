@@ -54,6 +54,17 @@ def resolve_classes(
     return out
 
 
+def check_rules(
+    lines: Sequence[LineRule], zones: Sequence[ZoneRule], class_names: Sequence[str]
+) -> tuple[list[frozenset[int] | None], list[frozenset[int] | None]]:
+    """Rules a stream can run with this model: ids unique across lines and zones, every class
+    known (VigilError says what is wrong). Returns each rule's class ids (None: every class)."""
+    problem = duplicate_rule_id(lines, zones)
+    if problem:
+        raise VigilError(problem)
+    return resolve_classes(lines, class_names), resolve_classes(zones, class_names)
+
+
 class StreamAnalytics:
     """Lines, zones, counts and camera health of one stream."""
 
@@ -101,11 +112,7 @@ class StreamAnalytics:
 
     def set_rules(self, lines: Sequence[LineRule], zones: Sequence[ZoneRule]) -> None:
         """Replace every line and zone (validated now, applied at the next frame)."""
-        problem = duplicate_rule_id(lines, zones)
-        if problem:
-            raise VigilError(problem)
-        line_ids = resolve_classes(lines, self.class_names)
-        zone_ids = resolve_classes(zones, self.class_names)
+        line_ids, zone_ids = check_rules(lines, zones, self.class_names)
         with self._lock:
             self._rules = (tuple(lines), tuple(zones))
             self._pending = (self._rules, line_ids, zone_ids)
@@ -127,8 +134,9 @@ class StreamAnalytics:
         self.zones.set_rules(zones, zone_ids)
         self.counts.set_rules([r.id for r in lines], [r.id for r in zones], fresh)
 
-    def reset_counts(self, since_ts: float) -> None:
-        self.counts.reset(since_ts)
+    def reset_counts(self, since_ts: float, epoch: int | None = None) -> None:
+        """Zero the counters (``epoch``: the reset's number, default the current one + 1)."""
+        self.counts.reset(since_ts, epoch)
 
     @property
     def tracked(self) -> int:

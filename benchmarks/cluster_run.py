@@ -168,8 +168,8 @@ class WsCollector:
                         msg = json.loads(raw)
                         if msg.get("op") == "lost":
                             self.lost += int(msg["count"])
-                        if "seq" not in msg:
-                            continue
+                        if "seq" not in msg or msg.get("type") == "event":
+                            continue  # events carry their own seq: only frames are recorded
                         with self._lock:
                             rows = self.messages.setdefault(msg["stream"], [])
                             if rows and msg["seq"] <= rows[-1][0]:

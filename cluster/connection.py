@@ -10,6 +10,7 @@ script touching one camera stays in one Redis Cluster slot)::
     P:{id}:claims        STREAM who claimed the camera with which token (bounded)
     P:{id}:out           STREAM track messages (kind=track), XADD MAXLEN ~ cluster.stream_maxlen
     P:{id}:events        STREAM events (kind=event), read by a consumer group (stored once)
+    P:{id}:reset         INT    counts resets asked for (the owner resets when it grows)
     P:workers            ZSET   worker -> last heartbeat (ms)
     P:worker:<node>      STRING the worker's status JSON (its cameras, their counters), with a TTL
 """
@@ -126,6 +127,9 @@ class Keys:
 
     def events(self, cam: str) -> str:
         return f"{self.prefix}:{{{cam}}}:events"
+
+    def reset(self, cam: str) -> str:
+        return f"{self.prefix}:{{{cam}}}:reset"
 
     def camera_of(self, key: bytes | str) -> str:
         """The camera id inside a per-camera key."""

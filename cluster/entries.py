@@ -5,6 +5,7 @@ Every entry is a flat field map with a ``kind``, so tracks and events share one 
     kind=track  v=1  seq=<int>  ts=<frame arrival, unix s>  worker=<node>  token=<fence>
                 data=<the v1 wire message, byte for byte what `vigil serve` sends>
                 events=<the frame's v1 event messages, one per line; empty if none>
+                epoch=<the counts reset those events were counted after>
     kind=event  v=1  seq=<int>  ts=...  worker=...  token=...  data=<the event message>
 
 Track entries go to the camera's ``out`` stream (read by every gateway: fan-out to WebSocket
@@ -43,6 +44,7 @@ class Entry:
     token: int
     data: bytes
     events: bytes = b""  # track entries: the frame's event messages, newline-separated
+    epoch: int = 0  # track entries: the counts reset the events were counted after
 
 
 def track_fields(msg: Published, worker: str, token: int) -> list[bytes]:
@@ -56,6 +58,7 @@ def track_fields(msg: Published, worker: str, token: int) -> list[bytes]:
         b"token", str(token).encode(),
         b"data", msg.data,
         b"events", b"\n".join(msg.event_data),  # always present: a batch's entries share a width
+        b"epoch", str(msg.counts_epoch).encode(),
     ]  # fmt: skip
 
 
@@ -84,6 +87,7 @@ def decode_entry(camera: str, fields: Mapping[bytes, bytes]) -> Entry:
             token=int(fields[b"token"]),
             data=fields[b"data"],
             events=fields.get(b"events", b""),
+            epoch=int(fields.get(b"epoch", b"0")),
         )
     except (KeyError, ValueError, UnicodeDecodeError) as e:
         raise VigilError(f"malformed entry for camera {camera!r}: {e!r}") from None
@@ -131,4 +135,6 @@ def published_of(entry: Entry) -> Published:
     events included)."""
     events, event_data = events_of(entry.events)
     tracks = tracks_of(entry.data)
-    return Published(entry.camera, entry.seq, entry.ts, entry.data, tracks, events, event_data)
+    return Published(
+        entry.camera, entry.seq, entry.ts, entry.data, tracks, events, event_data, entry.epoch
+    )

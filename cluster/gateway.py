@@ -17,6 +17,13 @@ The gateway is ``server.app.create_app`` with :class:`Gateway` as its stream bac
   jittered backoff and resumes after the last entry it delivered.
 - **events** (given an ``event_store``): a second thread takes each camera's events through the
   consumer group (:mod:`cluster.events`), so that across all gateways each is stored once.
+- **rules, counts, health**: a rule edit (``server.routes_rules``) rewrites the camera's spec
+  in the desired state in one ``WATCH``/``MULTI`` transaction (two gateways editing at once
+  both land; the same checks as ``vigil serve``, the model's class names from its manifest);
+  the owner applies a change of lines and zones only live at its next control round. A counts
+  reset bumps the camera's reset counter, which the owner watches; the counts the gateway
+  folds from relayed events follow the owner's resets (:mod:`cluster.counts`). Camera health
+  is what the owner published with its last heartbeat.
 """
 
 from __future__ import annotations
@@ -25,26 +32,27 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
-from analytics.counts import Counts
 from analytics.events import Event, decode_event
+from analytics.stream import check_rules
 from cluster.connection import REDIS_DOWN, Keys, connect, node_id, redacted
+from cluster.counts import RelayedCounts
 from cluster.entries import TRACK, Entry, decode_entry, published_of
 from cluster.events import EventConsumer, StoreFn
 from cluster.leases import Leases
 from cluster.metrics import GatewayMetrics
 from models.classes import COCO_NAMES
 from pipeline.batcher import Backoff
-from pipeline.config import StreamConfig, VigilConfig
+from pipeline.config import StreamConfig, VigilConfig, parse_stream
 from pipeline.credentials import public_url
 from pipeline.live import StreamConflict
 from pipeline.live_step import ThrottledLog
 from pipeline.types import VigilError
 from pipeline.wiring import resolve_model
 from server.app import Runtime
-from server.backend import BackendUnavailable
+from server.backend import BackendUnavailable, RuleEdit, Rules
 from server.outputs import EventOutputs
 
 REFRESH_S = 1.0
@@ -84,19 +92,21 @@ class Gateway:
         self.keys = Keys(cfg.redis.key_prefix)
         self.leases = Leases(self.client, self.keys, cfg.cluster.lease_ttl_s)
         self.metrics = GatewayMetrics(rt.metrics.registry)
-        rt.model, names = model_classes(cfg)
-        rt.make_hub(names)
+        rt.model, self.class_names = model_classes(cfg)
+        rt.make_hub(self.class_names)
         self.redis_up = False
         self.redis_error = "not connected yet"
         self._desired: dict[str, dict[str, Any]] = {}
         self._rev: bytes | None = None
+        # this gateway's own last change of the desired state: (its revision, until when a
+        # refresh that read an older revision must not undo it in the copy)
+        self._local: tuple[int, float] = (0, 0.0)
+        self._desired_lock = threading.Lock()
         self._owners: dict[str, tuple[str, int]] = {}
         self._workers: dict[str, dict[str, Any]] = {}
         self._last: dict[str, tuple[int, int]] = {}  # camera -> (seq, token) delivered
         self._ids: dict[str, bytes] = {}  # camera -> last stream entry id read
-        # camera -> (its rule ids, counts folded from the events this gateway fanned out)
-        self._counts: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], Counts]] = {}
-        self._counts_lock = threading.Lock()
+        self._counts = RelayedCounts()  # folded from the events this gateway fanned out
         self._stop = threading.Event()
         self._log = ThrottledLog()
         self._backoff = Backoff(cfg.redis.backoff_initial_s, cfg.redis.backoff_max_s)
@@ -141,12 +151,12 @@ class Gateway:
             pipe = self.client.pipeline(transaction=True)
             pipe.hsetnx(self.keys.streams, spec.id, data)
             pipe.incr(self.keys.streams_rev)
-            added, _ = pipe.execute()
+            added, rev = pipe.execute()
         except REDIS_DOWN as e:
             raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
         if not added:
             raise StreamConflict(f"stream {spec.id!r} already exists")
-        self._desired = {**self._desired, spec.id: body}
+        self._patch(int(rev), spec.id, body)
         return self._status(spec.id)
 
     def remove(self, stream_id: str) -> bool:
@@ -154,10 +164,10 @@ class Gateway:
             pipe = self.client.pipeline(transaction=True)
             pipe.hdel(self.keys.streams, stream_id)
             pipe.incr(self.keys.streams_rev)
-            removed, _ = pipe.execute()
+            removed, rev = pipe.execute()
         except REDIS_DOWN as e:
             raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
-        self._desired = {k: v for k, v in self._desired.items() if k != stream_id}
+        self._patch(int(rev), stream_id, None)
         return bool(removed)
 
     def stop(self, drain_timeout_s: float) -> None:
@@ -166,6 +176,17 @@ class Gateway:
         if self._events is not None:
             self._events.join(max(1.0, drain_timeout_s))
         self.client.close()
+
+    def _patch(self, rev: int, cam: str, body: dict[str, Any] | None) -> None:
+        """This gateway's own change (written at revision ``rev``; ``body`` None: removed) in
+        its copy at once: read-your-writes, which a refresh that read an older revision does
+        not undo (for a few refreshes: a Redis that lost its data starts revisions again)."""
+        with self._desired_lock:
+            desired = {k: v for k, v in self._desired.items() if k != cam}
+            if body is not None:
+                desired[cam] = body
+            self._desired = desired
+            self._local = (max(rev, self._local[0]), time.monotonic() + 5 * REFRESH_S)
 
     # -- views ------------------------------------------------------------------------------------
     def _status(self, cam: str) -> dict[str, Any]:
@@ -244,11 +265,16 @@ class Gateway:
             self._seed()
         rev = self.client.get(self.keys.streams_rev)
         if rev is None or rev != self._rev:
-            raw = self.client.hgetall(self.keys.streams)
-            self._desired = {k.decode(): json.loads(v) for k, v in raw.items()}
-            self._rev = rev
-            with self._counts_lock:
-                self._counts = {c: v for c, v in self._counts.items() if c in self._desired}
+            pipe = self.client.pipeline(transaction=True)  # the hash and its revision, together
+            pipe.get(self.keys.streams_rev)
+            pipe.hgetall(self.keys.streams)
+            rev, raw = pipe.execute()
+            desired = {k.decode(): json.loads(v) for k, v in raw.items()}
+            with self._desired_lock:
+                local_rev, until = self._local
+                if int(rev or 0) >= local_rev or time.monotonic() > until:
+                    self._desired, self._rev = desired, rev
+            self._counts.keep(self._desired)
         cams = sorted(self._desired)
         holders = self.leases.holders(cams)
         self._owners = {c: h for c, h in zip(cams, holders, strict=True) if h is not None}
@@ -304,33 +330,92 @@ class Gateway:
         self._last[cam] = (entry.seq, entry.token)
         self.metrics.entries.labels("track").inc()
         if msg.events:
-            self._counts_of(cam).add(msg.events)
+            spec = self._desired.get(cam, {})
+            self._counts.add(cam, spec, entry.token, msg.counts_epoch, msg.events)
         self.rt.handoff(msg)
 
-    def _counts_of(self, cam: str) -> Counts:
-        """The camera's counts, started when this gateway first needed them, following the
-        rules of its desired spec (a changed rule set keeps the counts of unchanged ids)."""
-        spec = self._desired.get(cam, {})
-        rules = (
-            tuple(str(r["id"]) for r in spec.get("lines", ())),
-            tuple(str(r["id"]) for r in spec.get("zones", ())),
-        )
-        with self._counts_lock:
-            held = self._counts.get(cam)
-            if held is None:
-                held = (rules, Counts(time.time()))
-                held[1].set_rules(*rules)
-            elif held[0] != rules:
-                held[1].set_rules(*rules)
-                held = (rules, held[1])
-            self._counts[cam] = held
-            return held[1]
-
     def counts(self, streams: frozenset[str] | None) -> dict[str, Any]:
-        """Counts folded from the events this gateway delivered, since it first saw each
-        camera (``since_ts``); the worker's own counts are not reachable from here."""
+        """Counts folded from the events this gateway relayed, since it first saw each camera
+        or the camera's last reset (``since_ts``), following the owner's resets."""
         cams = [c for c in sorted(self._desired) if streams is None or c in streams]
-        return {cam: self._counts_of(cam).snapshot() for cam in cams}
+        return {cam: self._counts.snapshot(cam, self._desired.get(cam, {})) for cam in cams}
+
+    # -- rules, counts resets, camera health --------------------------------------------------
+    def rules(self, stream_id: str) -> Rules | None:
+        """From the desired state as last read (this gateway's own edits at once, others'
+        within about a second)."""
+        spec = self._desired.get(stream_id)
+        if spec is None:
+            return None
+        parsed = parse_stream(spec)
+        return parsed.lines, parsed.zones
+
+    def edit_rules(self, stream_id: str, edit: RuleEdit) -> Rules:
+        """Read the camera's spec, apply ``edit``, check, write it back with the revision
+        bumped: one optimistic transaction (``WATCH`` the desired state; retried when another
+        change lands in between), so concurrent edits never lose one another."""
+        key = self.keys.streams
+
+        written: list[tuple[dict[str, Any], Rules]] = []
+
+        def transaction(pipe: Any) -> None:
+            written.clear()  # a retry starts again
+            raw = pipe.hget(key, stream_id)
+            if raw is None:
+                raise KeyError(stream_id)
+            spec = parse_stream(json.loads(raw))
+            lines, zones = edit((spec.lines, spec.zones))
+            # the whole spec through the loader's checks (bounds, unique ids), then the model's
+            body = json.loads(json.dumps(asdict(replace(spec, lines=lines, zones=zones))))
+            new = parse_stream(body)
+            check_rules(new.lines, new.zones, self.class_names)
+            pipe.multi()
+            pipe.hset(key, stream_id, json.dumps(body, sort_keys=True))
+            pipe.incr(self.keys.streams_rev)
+            written.append((body, (new.lines, new.zones)))
+
+        try:
+            _, rev = self.client.transaction(transaction, key)
+        except REDIS_DOWN as e:
+            raise BackendUnavailable(
+                f"redis unreachable ({e}); an edit lands whole or not at all: read the rules back"
+            ) from None
+        body, rules = written[-1]
+        self._patch(int(rev), stream_id, body)
+        return rules
+
+    def reset_counts(self, stream_id: str) -> dict[str, Any]:
+        """Bump the camera's reset counter (its owner resets at its next control round, a
+        future owner starts from it) and restart this gateway's counts with it."""
+
+        def transaction(pipe: Any) -> None:
+            if not pipe.hexists(self.keys.streams, stream_id):
+                raise KeyError(stream_id)
+            pipe.multi()
+            pipe.incr(self.keys.reset(stream_id))
+
+        try:
+            (epoch,) = self.client.transaction(transaction, self.keys.streams)
+        except REDIS_DOWN as e:
+            raise BackendUnavailable(f"redis unreachable, nothing changed ({e})") from None
+        return self._counts.reset(stream_id, self._desired.get(stream_id, {}), int(epoch))
+
+    def health(self, stream_id: str) -> dict[str, Any] | None:
+        """The owner's camera-health report from its last heartbeat, with ``owner`` (null, and
+        ``state`` ``unassigned``, when no live worker runs the camera now)."""
+        if stream_id not in self._desired:
+            return None
+        holder = self._owners.get(stream_id)
+        if holder is not None:
+            live = self._workers.get(holder[0], {}).get("streams", {}).get(stream_id)
+            if live is not None and live.get("token") == holder[1] and "health" in live:
+                return {**live["health"], "owner": holder[0], "state": live.get("state")}
+        enabled = bool(self._desired[stream_id].get("health", {}).get("enabled", True))
+        if holder is None:
+            return {"enabled": enabled, "owner": None, "state": "unassigned",
+                    "reason": "no worker runs this camera now"}  # fmt: skip
+        return {"enabled": enabled, "owner": holder[0], "state": "starting",
+                "reason": "its owner has not reported its health yet"}  # fmt: skip
 
 
 def serve_gateway(cfg: VigilConfig) -> int:

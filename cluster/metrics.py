@@ -47,6 +47,14 @@ class WorkerMetrics:
         self.redis_errors = Counter(
             "vigil_redis_errors_total", "Redis round trips that failed", ["role"], registry=r
         )
+        self.rule_changes = Counter(
+            "vigil_worker_rule_changes_total",
+            "Changes of a camera's lines and zones applied live (without a restart)",
+            registry=r,
+        )
+        self.resets = Counter(
+            "vigil_worker_counts_resets_total", "Counts resets carried out", registry=r
+        )
 
 
 class GatewayMetrics:

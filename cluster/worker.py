@@ -10,11 +10,15 @@ Two threads talk to Redis besides the writer, so that slow work never delays a r
   is claimed again, and if the new token is the old one + 1 nobody owned the camera in
   between: it keeps running and its buffered results are kept;
 - the **control thread**, every ``cluster.claim_interval_s``: stops the cameras queued by the
-  keeper, reads the desired state, hands back cameras no longer desired (or changed), claims
+  keeper, reads the desired state, applies a change of a camera's lines and zones only live
+  (``LivePipeline.set_rules``: the camera keeps running, an unchanged rule keeps its counts),
+  hands back cameras no longer desired (or otherwise changed), resets the counts of cameras
+  whose reset counter in Redis grew (``P:{id}:reset``, from a gateway's REST), claims
   unowned cameras up to ``min(capacity, fair share)`` (the desired cameras over the live
   workers, rounded up) and, with ``cluster.rebalance``, hands one camera back per round while
   another live worker owns at least two fewer.
 
+The heartbeat carries each owned camera's status and camera-health report (gateways serve it).
 A camera's first message after a claim continues the camera's ``seq`` after the last entry in
 its Redis Stream, skipping the frames nobody analyzed meanwhile (a gap a client can count).
 Results go through :class:`cluster.writer.ResultWriter` (bounded, fenced). When Redis is away
@@ -30,7 +34,7 @@ import math
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +196,11 @@ class Worker:
             if s is None:
                 continue
             st = stream_status(s, p.rates(cam), p.errors(cam)) if p is not None else {}
+            a = p.analytics(cam) if p is not None else None
+            health = a.health.report() if a is not None and a.health is not None else None
             streams[cam] = {**st, "owner": self.node, "token": o.lease.token,
-                            "first_seq": o.first_seq}  # fmt: skip
+                            "first_seq": o.first_seq,
+                            "health": health or {"enabled": False}}  # fmt: skip
         refused = {cam: why for cam, (_, why) in self._refused.items()}
         return {"node": self.node, "capacity": self.capacity, "owned": len(streams),
                 "streams": streams, "refused": refused, "model": self.model,
@@ -310,10 +317,11 @@ class Worker:
         for cam, o in owned:
             if cam not in desired:
                 self._hand_back(cam, "removed")
-            elif desired[cam] != o.spec_json:
+            elif desired[cam] != o.spec_json and not self._new_rules(cam, o, desired[cam]):
                 self._hand_back(cam, "changed")
         if self._stopping.is_set():
             return
+        self._resets()
         self.capacity = admission_capacity(self.cfg, self.pipeline)
         self.metrics.capacity.set(self.capacity)
         peers = self._peers()
@@ -340,6 +348,45 @@ class Worker:
         if current is not None:
             self.leases.release([current.lease])
             self.metrics.released.labels(reason).inc()
+
+    def _new_rules(self, cam: str, o: Owned, spec_json: bytes) -> bool:
+        """Apply a spec that differs from the running one in its lines and zones only, live
+        (from the camera's next frame; its tracks, seq and unchanged rules' counts go on).
+        False: anything else changed (or the rules do not run here): hand the camera back."""
+        try:
+            old, new = self._parse(o.spec_json), self._parse(spec_json)
+        except VigilError:
+            return False
+        if self.pipeline is None or replace(old, lines=(), zones=()) != replace(
+            new, lines=(), zones=()
+        ):
+            return False
+        try:
+            self.pipeline.set_rules(cam, new.lines, new.zones)
+        except (KeyError, VigilError) as e:
+            self._log(f"rules:{cam}", f"vigil: worker {self.node}: rules of {cam}: {e}")
+            return False
+        o.spec_json = spec_json
+        self.metrics.rule_changes.inc()
+        print(f"worker {self.node}: applied new rules to {cam} live ({len(new.lines)} lines, "
+              f"{len(new.zones)} zones)", flush=True)  # fmt: skip
+        return True
+
+    def _resets(self) -> None:
+        """Reset the counts of owned cameras whose reset counter grew (one MGET)."""
+        with self._lock:
+            cams = sorted(self.owned)
+        if not cams or self.pipeline is None:
+            return
+        values = self.client.mget([self.keys.reset(c) for c in cams])
+        for cam, value in zip(cams, values, strict=True):
+            a = self.pipeline.analytics(cam)
+            if value is None or a is None or int(value) <= a.counts.epoch:
+                continue
+            a.reset_counts(time.time(), int(value))
+            self.metrics.resets.inc()
+            print(f"worker {self.node}: reset the counts of {cam} (reset {int(value)})",
+                  flush=True)  # fmt: skip
 
     def _heartbeat(self) -> None:
         ttl_ms = int(self.cfg.cluster.lease_ttl_s * 1000)  # dead after as long as its leases
@@ -401,12 +448,13 @@ class Worker:
             return
         last = self.client.xrevrange(self.keys.out(cam), count=1)
         first = next_seq(last[0][1] if last else None, spec.fps, time.time())
+        epoch = int(self.client.get(self.keys.reset(cam)) or 0)  # counts resets asked so far
         self.writer.own(lease)
         with self._lock:
             self.owned[cam] = Owned(lease, spec_json, first)
         try:
             assert self.pipeline is not None
-            self.pipeline.add_stream(spec, url, first_seq=first)
+            self.pipeline.add_stream(spec, url, first_seq=first, counts_epoch=epoch)
         except VigilError as e:
             with self._lock:
                 self.owned.pop(cam, None)
@@ -417,12 +465,16 @@ class Worker:
         print(f"worker {self.node}: claimed {cam} (token {lease.token}, seq from {first})",
               flush=True)  # fmt: skip
 
-    def _spec(self, spec_json: bytes) -> tuple[StreamConfig, str]:
+    @staticmethod
+    def _parse(spec_json: bytes) -> StreamConfig:
         try:
             entry = json.loads(spec_json)
         except (ValueError, UnicodeDecodeError):
             raise VigilError("the desired state holds malformed JSON") from None
-        spec = parse_stream(entry)
+        return parse_stream(entry)
+
+    def _spec(self, spec_json: bytes) -> tuple[StreamConfig, str]:
+        spec = self._parse(spec_json)
         root = Path(self.cfg.server.media_root)
         return spec, check_stream_url(spec.url, root, self.cfg.server.allow_http)
 

@@ -93,6 +93,7 @@ class LivePipeline:
         url: str | None = None,
         first_seq: int = 0,
         admission: bool = False,
+        counts_epoch: int = 0,
     ) -> LiveStream:
         """Start ``spec``; ``url`` is what FFmpeg opens (default ``spec.url``). Its messages are
         numbered from ``first_seq`` (a camera taken over from another worker continues its
@@ -100,9 +101,12 @@ class LivePipeline:
         adds of one id, exactly one wins and the other gets :class:`StreamConflict`. With
         ``admission`` (a REST request) a stream that does not fit the measured capacity gets
         :class:`OverCapacity` with the reason, or starts at a lower fps when its ``min_fps``
-        allows (the returned stream's ``spec.fps`` says which)."""
+        allows (the returned stream's ``spec.fps`` says which). Its counts start as reset number
+        ``counts_epoch`` (a cluster camera's, from Redis: ``analytics.counts``)."""
         names = self.engine.info.class_names
         analytics = build_analytics(self.cfg, spec, names, live=True)
+        if counts_epoch:
+            analytics.reset_counts(time.time(), counts_epoch)
         with self._lock:
             if spec.id in self._streams:
                 raise StreamConflict(f"stream {spec.id!r} already exists")

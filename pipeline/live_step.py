@@ -40,7 +40,8 @@ from trackers.base import Predicting
 class Published:
     """One frame's result: the encoded v1 message and the tracks it was encoded from, and the
     frame's analytics events with their encoded v1 event messages (``event_data[i]`` is
-    ``events[i]``), each encoded once for every output."""
+    ``events[i]``), each encoded once for every output; ``counts_epoch``: the number of the
+    counts reset these events were counted after (``analytics.counts``; 0 without events)."""
 
     stream: str
     seq: int
@@ -49,6 +50,7 @@ class Published:
     tracks: Tracks
     events: tuple[Event, ...] = ()
     event_data: tuple[bytes, ...] = ()
+    counts_epoch: int = 0
 
 
 class EngineLike(Protocol):
@@ -189,7 +191,10 @@ def run_step(
             t3 = time.perf_counter()
             stage = "publish"
             msg = Published(frame.stream_id, st.seq, frame.arrival, data, tracks)
-            publish(replace(msg, events=events, event_data=event_data) if events else msg)
+            if events:
+                epoch = st.analytics.counts.added_epoch if st.analytics is not None else 0
+                msg = replace(msg, events=events, event_data=event_data, counts_epoch=epoch)
+            publish(msg)
         except Exception as e:
             _fail(st, guard, stage, e)
             continue

@@ -297,9 +297,11 @@ def create_app(
     def pipeline() -> LivePipeline:
         if rt.pipeline is None:
             if rt.backend_factory is not None:
-                raise HTTPException(503, "a gateway does not reach the workers' analytics: set "
-                                    "lines and zones in the stream (POST /api/streams); "
-                                    "counts come from the events it relays")  # fmt: skip
+                raise HTTPException(
+                    503,
+                    "a gateway runs no pipeline: capacity and motion are "
+                    "each worker's own (its /api/capacity)",
+                )
             raise HTTPException(503, "not ready")
         return rt.pipeline
 
@@ -413,8 +415,8 @@ def create_app(
         return StreamingResponse(mjpeg_parts(rt.hub, stream_id), media_type=media)
 
     access = Access(read_deps, mutation_deps, read_errors, auth_errors)
-    app.include_router(rules_router(pipeline, access))
-    app.include_router(events_router(pipeline, rt.event_store, rt.counts, access))
+    app.include_router(rules_router(backend, access))
+    app.include_router(events_router(backend, rt.event_store, rt.counts, access))
     app.include_router(capacity_router(pipeline, access))
 
     @app.websocket("/ws")

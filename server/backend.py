@@ -3,18 +3,26 @@ pipeline (``vigil serve``: :class:`LocalStreams`) or a cluster's desired state i
 (``vigil gateway``: :class:`cluster.gateway.Gateway`).
 
 Errors a backend raises: :class:`pipeline.live.StreamConflict` (the id is taken, or no room,
-including :class:`pipeline.live.OverCapacity` from admission control: HTTP 409) and
+including :class:`pipeline.live.OverCapacity` from admission control: HTTP 409),
 :class:`BackendUnavailable` (nothing changed because a dependency is away, e.g. Redis: HTTP
-503); ``server.errors`` maps both.
+503), ``KeyError`` (no such stream: HTTP 404, from the routes) and ``VigilError`` (bad rules:
+HTTP 422); ``server.errors`` maps the first two and ``VigilError``.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from analytics.rules import LineRule, ZoneRule
 from pipeline.config import StreamConfig
 from pipeline.live import LivePipeline
 from pipeline.live_source import LiveStream
+
+Rules = tuple[tuple[LineRule, ...], tuple[ZoneRule, ...]]
+RuleEdit = Callable[[Rules], Rules]  # current lines and zones -> new ones (may raise)
 
 
 class BackendUnavailable(Exception):
@@ -35,6 +43,26 @@ class StreamBackend(Protocol):
     def stop(self, drain_timeout_s: float) -> None: ...
     def counts(self, streams: frozenset[str] | None) -> dict[str, Any]:
         """Counts by stream id (``analytics.counts`` shape), of ``streams`` only if given."""
+        ...
+
+    def rules(self, stream_id: str) -> Rules | None:
+        """The stream's lines and zones (None: no such stream)."""
+        ...
+
+    def edit_rules(self, stream_id: str, edit: RuleEdit) -> Rules:
+        """Read-modify-write the stream's rules atomically: ``edit`` gets the current ones and
+        returns the new ones (or raises: nothing changes); returns what was written. May block.
+        KeyError: no such stream; VigilError: rules the stream cannot run."""
+        ...
+
+    def reset_counts(self, stream_id: str) -> dict[str, Any]:
+        """Zero the stream's counters; returns its counts after the reset. May block.
+        KeyError: no such stream (or none with analytics)."""
+        ...
+
+    def health(self, stream_id: str) -> dict[str, Any] | None:
+        """The stream's camera-health checks now (``CameraHealth.report``; ``{"enabled":
+        False}`` when off); None: no such stream."""
         ...
 
 
@@ -91,6 +119,7 @@ class LocalStreams:
 
     def __init__(self, pipeline: LivePipeline) -> None:
         self.pipeline = pipeline
+        self._edits = threading.Lock()  # one rule edit at a time: read-modify-write
 
     def readiness(self) -> tuple[bool, str]:
         return self.pipeline.ready, self.pipeline.failure
@@ -136,3 +165,30 @@ class LocalStreams:
             for sid, a in found.items()
             if a is not None and (streams is None or sid in streams)
         }
+
+    def rules(self, stream_id: str) -> Rules | None:
+        a = self.pipeline.analytics(stream_id)
+        return None if a is None else a.rules
+
+    def edit_rules(self, stream_id: str, edit: RuleEdit) -> Rules:
+        """Applied from the stream's next frame: an unchanged rule keeps its counts."""
+        with self._edits:
+            current = self.rules(stream_id)
+            if current is None:
+                raise KeyError(stream_id)
+            lines, zones = edit(current)
+            self.pipeline.set_rules(stream_id, lines, zones)  # VigilError: bad rules
+            return lines, zones
+
+    def reset_counts(self, stream_id: str) -> dict[str, Any]:
+        a = self.pipeline.analytics(stream_id)
+        if a is None:
+            raise KeyError(stream_id)
+        a.reset_counts(time.time())
+        return a.counts.snapshot()
+
+    def health(self, stream_id: str) -> dict[str, Any] | None:
+        a = self.pipeline.analytics(stream_id)
+        if a is None:
+            return None
+        return {"enabled": False} if a.health is None else a.health.report()

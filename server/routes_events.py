@@ -10,27 +10,28 @@
     POST /api/streams/{sid}/counts/reset          zero the counters (API key)
     GET  /api/streams/{sid}/health                the camera-health checks now
 
-Queries run off the event loop; a store that is disabled answers 503.
+Queries run off the event loop; a store that is disabled answers 503. On a gateway a reset is
+a command to the camera's owner through Redis (applied at its next control round; the
+gateway's own counts restart at once and follow the owner's from the frame it reset at), and
+health is what the owner published with its last heartbeat (``owner`` null: nobody runs the
+camera now); with Redis away a reset answers 503 and changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
-from analytics.health import CHECKS
-from analytics.stream import StreamAnalytics
-from pipeline.live import LivePipeline
+from server.backend import StreamBackend
 from server.errors import Access
 from server.event_store import MAX_PAGE, EventQuery, EventStore
 
 
 def events_router(
-    pipeline: Callable[[], LivePipeline],
+    backend: Callable[[], StreamBackend],
     store: Callable[[], EventStore | None],
     counts_of: Callable[[frozenset[str] | None], dict[str, Any]],
     access: Access,
@@ -40,12 +41,6 @@ def events_router(
     router = APIRouter(prefix="/api", tags=["events"])
     reads, changes = access.reads, access.changes
     one_stream = access.read_responses(404)
-
-    def analytics(stream_id: str) -> StreamAnalytics:
-        a = pipeline().analytics(stream_id)
-        if a is None:
-            raise HTTPException(404, f"no stream {stream_id!r}")
-        return a
 
     def the_store() -> EventStore:
         s = store()
@@ -97,20 +92,17 @@ def events_router(
         responses=access.change_responses(404),
     )
     async def reset(stream_id: str) -> dict[str, Any]:
-        a = analytics(stream_id)
-        a.reset_counts(time.time())
-        return a.counts.snapshot()
+        b = backend()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, b.reset_counts, stream_id)
+        except KeyError:
+            raise HTTPException(404, f"no stream {stream_id!r} with analytics") from None
 
     @router.get("/streams/{stream_id}/health", dependencies=reads, responses=one_stream)
     async def health(stream_id: str) -> dict[str, Any]:
-        h = analytics(stream_id).health
-        if h is None:
-            return {"enabled": False}
-        return {
-            "enabled": True,
-            "checks": {c: h.active[c] for c in CHECKS},
-            "brightness": round(h.brightness, 2),
-            "drift_s": round(h.drift_s, 3),
-        }
+        found = backend().health(stream_id)
+        if found is None:
+            raise HTTPException(404, f"no stream {stream_id!r}")
+        return found
 
     return router

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +123,13 @@ def test_maxlen_bounds_each_camera_stream(leases: Leases) -> None:
 
 
 def test_entries_round_trip_to_the_hubs_message_and_filtered_encoding() -> None:
-    msg = _message("door", 41, n=7)
+    msg = replace(_message("door", 41, n=7), counts_epoch=3)
     flat = track_fields(msg, "w1", 7)
-    assert len(flat) == 16
+    assert len(flat) == 18
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
     back = published_of(decode_entry("door", fields))
     assert (back.stream, back.seq, back.arrival, back.data) == ("door", 41, msg.arrival, msg.data)
+    assert back.counts_epoch == 3  # the counts reset the frame's events were counted after
     assert back.tracks.frame_index == msg.tracks.frame_index
     np.testing.assert_allclose(back.tracks.xyxy, msg.tracks.xyxy, atol=0.051)
     for classes in (frozenset({0}), frozenset({1, 2}), frozenset()):

@@ -248,9 +248,9 @@ export class CameraView {
       ]);
       const eff = effectiveFps(capacity?.per_stream?.[this.id]);
       this.status = s;
-      const checks = h.enabled
-        ? Object.entries(h.checks).filter(([, on]) => on).map(([c]) => c).join(", ") || "ok"
-        : "off";
+      // a gateway's camera that no worker runs (yet) has no report: say why
+      const checks = !h.enabled ? "off" : !h.checks ? h.reason || "not reported"
+        : Object.entries(h.checks).filter(([, on]) => on).map(([c]) => c).join(", ") || "ok";
       const rows = [
         ["state", s.state], ["decode fps", s.decode_fps.toFixed(1)],
         ["inference fps", s.infer_fps.toFixed(1)],
