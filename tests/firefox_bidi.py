@@ -22,6 +22,49 @@ class BiDiError(RuntimeError):
     pass
 
 
+# The throwaway profile's preferences: nothing may leave loopback. Every connection that is not
+# to localhost goes to a proxy on 127.0.0.1:9 where nothing listens (Firefox never proxies
+# localhost), and the background services that would try are off.
+PREFS = {
+    "network.proxy.type": 1,
+    "network.proxy.http": "127.0.0.1",
+    "network.proxy.http_port": 9,
+    "network.proxy.ssl": "127.0.0.1",
+    "network.proxy.ssl_port": 9,
+    "network.proxy.socks": "127.0.0.1",
+    "network.proxy.socks_port": 9,
+    "network.proxy.share_proxy_settings": True,
+    "network.captive-portal-service.enabled": False,
+    "network.connectivity-service.enabled": False,
+    "network.dns.disablePrefetch": True,
+    "network.prefetch-next": False,
+    "app.update.enabled": False,
+    "app.normandy.enabled": False,
+    "browser.safebrowsing.malware.enabled": False,
+    "browser.safebrowsing.phishing.enabled": False,
+    "browser.safebrowsing.downloads.enabled": False,
+    "browser.safebrowsing.update.enabled": False,
+    "browser.region.update.enabled": False,
+    "browser.search.update": False,
+    "datareporting.healthreport.uploadEnabled": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+    "toolkit.telemetry.enabled": False,
+    "toolkit.telemetry.unified": False,
+    "dom.push.connection.enabled": False,
+    "extensions.update.enabled": False,
+    "extensions.getAddons.cache.enabled": False,
+    "media.gmp-manager.url": "",
+    "services.settings.server": "http://127.0.0.1:9/",
+    "browser.newtabpage.enabled": False,
+    "browser.startup.page": 0,
+}
+
+
+def _user_js(profile: Path) -> None:
+    lines = [f"user_pref({json.dumps(k)}, {json.dumps(v)});" for k, v in PREFS.items()]
+    (profile / "user.js").write_text("\n".join(lines) + "\n")
+
+
 class Firefox:
     """One headless Firefox with its own throwaway profile; ``close()`` ends both."""
 
@@ -30,6 +73,7 @@ class Firefox:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.profile = Path(tempfile.mkdtemp(prefix="vigil-firefox-"))
+        _user_js(self.profile)
         self.proc = subprocess.Popen(
             [executable, "--headless", "--no-remote", "--profile", str(self.profile),
              "--remote-debugging-port", str(port)],
