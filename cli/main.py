@@ -172,6 +172,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         cv=not args.no_cv,
         seed=args.seed,
         progress=lambda n, name, unit="frame": _progress(n, args.quiet, name, unit),
+        detect_every=args.detect_every,
     )
     print(format_result(result))
     print(f"study: {args.out}/study.db (resumable), {args.out}/tune.json, {args.out}/best.yaml")
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--params", help="comma-separated knobs to search (default: all tunable)")
     tn.add_argument("--no-cv", action="store_true", help="skip leave-one-sequence-out CV")
     tn.add_argument("--seed", type=int, default=0)
+    tn.add_argument("--detect-every", type=int, default=1, metavar="K",
+                    help="tune for streams with detect_every: K (the tracker predicts the "
+                    "frames between detections)")  # fmt: skip
     tn.set_defaults(func=cmd_tune)
 
     bn = sub.add_parser("bench", help="stage, replay, baseline and live-capacity benchmarks")

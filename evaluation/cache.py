@@ -23,7 +23,9 @@ import numpy as np
 
 from evaluation.mot import load_mot, read_sequence, score_sequences, trackeval_data
 from pipeline.config import VigilConfig
-from pipeline.types import Detections, Frame
+from pipeline.schedule import DetectSchedule
+from pipeline.types import Detections, Frame, Tracks, VigilError
+from trackers.base import can_predict
 
 CACHE_VERSION = 1
 
@@ -213,24 +215,45 @@ def cache_sequences(
 
 
 def run_tracker(
-    seq: CachedSequence, tracker: Any, conf_threshold: float, embedder: str | None
+    seq: CachedSequence,
+    tracker: Any,
+    conf_threshold: float,
+    embedder: str | None,
+    detect_every: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feed every cached frame to ``tracker``; returns the MOT rows ``(K, 6)`` (frame, id,
-    x, y, w, h, rounded as ``tracks.txt`` writes them) and the tracker's ms per frame."""
+    x, y, w, h, rounded as ``tracks.txt`` writes them) and the tracker's ms per frame. With
+    ``detect_every`` k > 1 the frames the live schedule would skip (``pipeline.schedule``, the
+    cadence alone) get the tracker's prediction instead of their detections, as a replay with
+    ``--detect-every k`` does."""
+    if detect_every > 1 and not can_predict(tracker):
+        raise VigilError(f"tracker {type(tracker).__name__} cannot predict skipped frames")
+    schedule = DetectSchedule(detect_every)
     rows, ms = [], np.zeros(seq.frames)
     for i in range(seq.frames):  # a loop over frames, as the replay's tracking thread
+        pts = i / seq.fps
+        if not schedule.always and not schedule.decide(pts, moving=True):
+            t = time.perf_counter()
+            tracks = tracker.predict_only(i, pts)
+            ms[i] = (time.perf_counter() - t) * 1e3
+            rows += _mot_rows(tracks, i)
+            continue
         dets, emb = seq.frame(i, conf_threshold, embedder if tracker.uses_appearance else None)
         t = time.perf_counter()
-        tracks = tracker.update(dets, emb, i, i / seq.fps)
+        tracks = tracker.update(dets, emb, i, pts)
         ms[i] = (time.perf_counter() - t) * 1e3
-        if len(tracks):
-            xywh = np.concatenate(
-                (tracks.xyxy[:, :2], tracks.xyxy[:, 2:] - tracks.xyxy[:, :2]), axis=1
-            )
-            frame = np.full((len(tracks), 1), i + 1, np.float64)
-            tid = tracks.track_id[:, None].astype(np.float64)
-            rows.append(np.concatenate((frame, tid, np.round(xywh.astype(np.float64), 2)), 1))
+        rows += _mot_rows(tracks, i)
     return (np.concatenate(rows) if rows else np.zeros((0, 6))), ms
+
+
+def _mot_rows(tracks: Tracks, i: int) -> list[np.ndarray]:
+    """Frame ``i``'s tracks as MOT rows ``(n, 6)`` (frame from 1, id, x, y, w, h); [] if none."""
+    if not len(tracks):
+        return []
+    xywh = np.concatenate((tracks.xyxy[:, :2], tracks.xyxy[:, 2:] - tracks.xyxy[:, :2]), axis=1)
+    frame = np.full((len(tracks), 1), i + 1, np.float64)
+    tid = tracks.track_id[:, None].astype(np.float64)
+    return [np.concatenate((frame, tid, np.round(xywh.astype(np.float64), 2)), 1)]
 
 
 def score_runs(

@@ -95,12 +95,17 @@ def evaluate(
     embedder: str | None,
     seqs: Sequence[CachedSequence],
     values: dict[str, Any],
+    detect_every: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """TrackEval scores of ``tracker`` with ``values`` over cached ``seqs``."""
+    """TrackEval scores of ``tracker`` with ``values`` over cached ``seqs`` (the detector on
+    every ``detect_every``-th frame, the tracker predicting the others)."""
     base = cfg.tracker.params(tracker)
     params = replace(base, **{k: v for k, v in values.items() if k != CONF})
     conf = float(values.get(CONF, cfg.model.conf_threshold))
-    rows = [run_tracker(s, create_tracker(tracker, params), conf, embedder)[0] for s in seqs]
+    rows = [
+        run_tracker(s, create_tracker(tracker, params), conf, embedder, detect_every)[0]
+        for s in seqs
+    ]
     return score_runs(seqs, rows)
 
 
@@ -130,6 +135,7 @@ def run_study(
     trials: int,
     seed: int,
     bar: Callable[[int], Any] | None = None,
+    detect_every: int = 1,
 ) -> StudyResult:
     """One TPE study (resumed if ``name`` exists in ``storage``) up to ``trials`` finished
     trials; trial 0 is the defaults."""
@@ -151,7 +157,7 @@ def run_study(
 
     def objective(trial: optuna.Trial) -> float:
         values = _suggest(trial, knobs)
-        table = evaluate(cfg, tracker, embedder, seqs, values)
+        table = evaluate(cfg, tracker, embedder, seqs, values, detect_every)
         trial.set_user_attr("scores", {s: row[metric] for s, row in table.items()})
         return _score(table, metric)
 
@@ -201,13 +207,18 @@ def tune(
     cv: bool = True,
     seed: int = 0,
     progress: Callable[..., Any] | None = None,
+    detect_every: int = 1,
 ) -> dict[str, Any]:
-    """The whole ``vigil tune`` run; returns what it prints (also ``out/tune.json``).
+    """The whole ``vigil tune`` run; returns what it prints (also ``out/tune.json``). With
+    ``detect_every`` k > 1 every trial runs the detector on every k-th frame only (the tracker
+    predicts the others, as a stream with ``detect_every: k`` does): parameters for such streams.
     ``progress(total, name, unit)`` may return a context manager with an ``update`` method."""
     if not paths:
         raise VigilError("tune needs at least one MOTChallenge sequence folder")
     if objective not in OBJECTIVES:
         raise VigilError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if not 1 <= detect_every <= 30:
+        raise VigilError(f"--detect-every must be in [1, 30], got {detect_every}")
     metric = OBJECTIVES[objective]
     knobs = search_space(tracker, only)
     uses_appearance = bool(create_tracker(tracker, cfg.tracker.params(tracker)).uses_appearance)
@@ -219,23 +230,29 @@ def tune(
     )
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
     prefix = f"{tracker}-{embedder or 'none'}-{objective}"
+    if detect_every > 1:  # its own studies: scores at another cadence are not comparable
+        prefix += f"-every{detect_every}"
     folds = [[s for s in seqs if s is not held] for held in seqs] if cv and len(seqs) > 1 else []
     total = trials * (1 + len(folds))
 
     def studies(bar: Callable[[int], Any] | None) -> tuple[StudyResult, list[dict[str, Any]]]:
         main = run_study(
             storage, _study_name(prefix, seqs, knobs), cfg, tracker, embedder, seqs, knobs,
-            metric, trials, seed, bar,
+            metric, trials, seed, bar, detect_every,
         )  # fmt: skip
         held_out = []
         for train, held in zip(folds, seqs, strict=False):
             fold = run_study(
                 storage, _study_name(f"{prefix}-without-{held.name}", train, knobs), cfg,
-                tracker, embedder, train, knobs, metric, trials, seed, bar,
+                tracker, embedder, train, knobs, metric, trials, seed, bar, detect_every,
             )  # fmt: skip
             defaults = _defaults(cfg, tracker, knobs)
-            on_held = _score(evaluate(cfg, tracker, embedder, [held], fold.best), metric)
-            at_default = _score(evaluate(cfg, tracker, embedder, [held], defaults), metric)
+            on_held = _score(
+                evaluate(cfg, tracker, embedder, [held], fold.best, detect_every), metric
+            )
+            at_default = _score(
+                evaluate(cfg, tracker, embedder, [held], defaults, detect_every), metric
+            )
             held_out.append(
                 {"held_out": held.name, "tuned": on_held, "default": at_default,
                  "best": fold.best, "trials": fold.trials}
@@ -252,6 +269,7 @@ def tune(
         "tracker": tracker,
         "embedder": embedder,
         "objective": metric,
+        "detect_every": detect_every,
         "sequences": [s.name for s in seqs],
         "trials": main.trials,
         "default": main.default_value,
@@ -268,7 +286,9 @@ def tune(
 def format_result(r: dict[str, Any]) -> str:
     m = r["objective"]
     lines = [
-        f"{r['tracker']} ({r['embedder'] or 'no embedder'}), {m} over "
+        f"{r['tracker']} ({r['embedder'] or 'no embedder'}"
+        f"{', detect_every ' + str(r['detect_every']) if r.get('detect_every', 1) > 1 else ''}"
+        f"), {m} over "
         f"{', '.join(r['sequences'])}: default {r['default']:.3f} -> best {r['best']:.3f} "
         f"in-sample ({r['trials']} trials)"
     ]

@@ -76,9 +76,14 @@ def test_small_budget_differs_within_bounds(sequences: list[CachedSequence]) -> 
             assert abs(ours[seq][key] - ref[seq][key]) <= 0.02, (seq, key)
 
 
-def test_cache_reproduces_the_replay(tmp_path: Path, sequences: list[CachedSequence]) -> None:
+@pytest.mark.parametrize("every", [1, 3])
+def test_cache_reproduces_the_replay(
+    tmp_path: Path, sequences: list[CachedSequence], every: int
+) -> None:
     """What tune and these tests run (cached detections filtered at the threshold, fed to the
-    tracker) writes the same tracks as ``vigil replay`` of the sequence."""
+    tracker) writes the same tracks as ``vigil replay`` of the sequence, also with the detector
+    on every third frame only (``vigil tune --detect-every 3`` against ``replay
+    --detect-every 3``)."""
     from pipeline.replay import Replay
     from pipeline.sources import FFmpegSource
 
@@ -94,10 +99,12 @@ def test_cache_reproduces_the_replay(tmp_path: Path, sequences: list[CachedSeque
         },
     )
     source = FFmpegSource(str(shared("mot", seq.name, "img1")), folder_fps=seq.fps)
-    Replay(source, cfg, tmp_path).run()
+    Replay(source, cfg, tmp_path, detect_every=every).run()
     replayed = np.loadtxt(tmp_path / "tracks.txt", delimiter=",", ndmin=2)[:, :6]
     cached, _ = run_tracker(
-        seq, create_tracker("deepsort", cfg.tracker.params()), 0.25, "mobilenet"
+        seq, create_tracker("deepsort", cfg.tracker.params()), 0.25, "mobilenet", every
     )
+    if every > 1:  # predicted frames are in the output: every frame has rows once tracks live
+        assert len(np.unique(cached[:, 0])) > 0.9 * seq.frames
     order = np.lexsort((replayed[:, 1], replayed[:, 0]))
     np.testing.assert_allclose(replayed[order], cached[np.lexsort((cached[:, 1], cached[:, 0]))])

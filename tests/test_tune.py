@@ -101,6 +101,7 @@ def test_tune_resumes_the_study(study: Run) -> None:
         (True, ["--params", "nosuch"], "unknown parameter 'nosuch' for tracker deepsort"),
         (True, ["--objective", "speed"], "objective must be one of"),
         (True, ["--trials", "0"], "--trials must be at least 1"),
+        (True, ["--detect-every", "0"], "--detect-every must be in [1, 30], got 0"),
     ],
 )
 def test_bad_input_is_one_line(
