@@ -268,11 +268,13 @@ def test_capacity_effective_fps_and_the_motion_mask(running: Running, browser: A
         cap = srv.request("GET", "/api/capacity", key=KEY)[1]
         text = panel.inner_text()
         assert f"{cap['request']['width']}x{cap['request']['height']}" in text and "ms/s" in text
-        used, budget = (
-            float(panel.get_attribute("data-used")),
-            float(panel.get_attribute("data-budget")),
+        # one task: the numbers and the meter drawn from the same reply
+        shown = page.eval_on_selector(
+            "#capacity",
+            "c => [Number(c.dataset.used), Number(c.dataset.budget),"
+            " document.getElementById('capacity-meter').value]",
         )
-        meter = float(page.eval_on_selector("#capacity-meter", "m => m.value"))
+        used, budget, meter = (float(v) for v in shown)
         assert budget > 0 and meter == pytest.approx(min(1.0, used / budget), abs=1e-6)
         qos = page.locator('figure[data-stream="gated"] .qos')
         wait_until(lambda: "effective fps" in (qos.get_attribute("title") or ""), 20, "qos title")
